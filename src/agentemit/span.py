@@ -100,9 +100,7 @@ class Span:
                 status=data.get("status", "UNSET"),
                 status_description=data.get("status_description"),
                 events=[
-                    SpanEvent(
-                        str(e["name"]), int(e["timestamp"]), decode_attributes(e.get("attributes") or {})
-                    )
+                    SpanEvent(str(e["name"]), int(e["timestamp"]), decode_attributes(e.get("attributes") or {}))
                     for e in data.get("events") or ()
                 ],
                 resource=decode_attributes(data.get("resource") or {}),
@@ -114,13 +112,9 @@ class Span:
 
     def to_readable_span(self) -> ReadableSpan:
         """An OpenTelemetry SDK span with the same ids, times, attributes, events and status."""
-        ctx = SpanContext(
-            int(self.trace_id, 16), int(self.span_id, 16), False, TraceFlags(TraceFlags.SAMPLED)
-        )
+        ctx = SpanContext(int(self.trace_id, 16), int(self.span_id, 16), False, TraceFlags(TraceFlags.SAMPLED))
         parent = (
-            SpanContext(
-                int(self.trace_id, 16), int(self.parent_id, 16), False, TraceFlags(TraceFlags.SAMPLED)
-            )
+            SpanContext(int(self.trace_id, 16), int(self.parent_id, 16), False, TraceFlags(TraceFlags.SAMPLED))
             if self.parent_id
             else None
         )
@@ -171,9 +165,7 @@ class Span:
             attributes=attrs,
             status=status.status_code.name,  # type: ignore[arg-type]
             status_description=status.description,
-            events=[
-                SpanEvent(e.name, e.timestamp, normalize_attributes(e.attributes or {})) for e in span.events
-            ],
+            events=[SpanEvent(e.name, e.timestamp, normalize_attributes(e.attributes or {})) for e in span.events],
             resource=normalize_attributes(span.resource.attributes if span.resource else {}),
         )
 

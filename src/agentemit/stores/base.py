@@ -113,9 +113,7 @@ class SpanStore(abc.ABC):
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Span]:
-        return await asyncio.to_thread(
-            self.query_spans, rollout_id, attempt_id, name=name, limit=limit, offset=offset
-        )
+        return await asyncio.to_thread(self.query_spans, rollout_id, attempt_id, name=name, limit=limit, offset=offset)
 
     async def alist_rollouts(self, *, limit: int | None = None, offset: int = 0) -> list[RolloutSummary]:
         return await asyncio.to_thread(self.list_rollouts, limit=limit, offset=offset)

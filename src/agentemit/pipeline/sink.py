@@ -1,0 +1,67 @@
+"""The sink contract (OpenTelemetry's SpanExporter, smaller) and the store sink.
+
+A sink takes a batch of finished spans. Behaviour such as retry, failover and spooling is added by
+wrapping a sink (see ``retry.py``, ``failover.py``), never by subclassing one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from agentemit.span import Span
+from agentemit.stores.base import SpanStore
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """What one export attempt achieved.
+
+    ``retryable`` is False for a batch the receiver refused as invalid: sending it again cannot help.
+    ``retry_after`` carries a server's Retry-After (seconds) when it gave one.
+    """
+
+    ok: bool
+    retryable: bool = True
+    retry_after: float | None = None
+    error: str | None = None
+    stored: int = 0  # spans newly stored (duplicates of already stored spans are not counted)
+
+    @classmethod
+    def success(cls, stored: int = 0) -> ExportResult:
+        return cls(ok=True, stored=stored)
+
+    @classmethod
+    def failure(cls, error: str, *, retryable: bool = True, retry_after: float | None = None) -> ExportResult:
+        return cls(ok=False, retryable=retryable, retry_after=retry_after, error=error)
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Receives batches from the pipeline worker; must not raise (failures are results)."""
+
+    def export(self, batch: Sequence[Span]) -> ExportResult: ...
+
+    def force_flush(self, timeout: float) -> bool: ...
+
+    def shutdown(self, timeout: float) -> None: ...
+
+
+class StoreSink:
+    """Writes each batch with one ``add_many_spans`` call (one transaction)."""
+
+    def __init__(self, store: SpanStore) -> None:
+        self.store = store
+
+    def export(self, batch: Sequence[Span]) -> ExportResult:
+        try:
+            return ExportResult.success(self.store.add_many_spans(batch))
+        except Exception as exc:  # a store failure is a result for the retry/spool layers, not a crash
+            return ExportResult.failure(f"{type(self.store).__name__}: {type(exc).__name__}: {exc}")
+
+    def force_flush(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self, timeout: float) -> None:
+        self.store.close()
