@@ -1,0 +1,69 @@
+"""agentemit: fast, lossless event emission for LLM agents and agent-RL training loops.
+
+Emit calls (``emit_message``, ``emit_reward``, ...) record OpenTelemetry spans named as Agent
+Lightning names them; a tracer collects each rollout's spans inside ``trace_context(...)`` and a
+delivery pipeline hands them to a store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentemit.emit.api import emit_exception, emit_message, emit_object, emit_reward
+from agentemit.emit.readers import (
+    find_final_reward,
+    find_reward_spans,
+    get_message_value,
+    get_object_value,
+    get_reward_value,
+    get_rewards,
+    is_reward_span,
+)
+from agentemit.emit.reward import reward
+from agentemit.pipeline.config import ConfigError, PipelineConfig
+from agentemit.pipeline.pipeline import FlushReport, Pipeline
+from agentemit.span import Span, SpanEvent
+from agentemit.stores.base import RolloutSummary, SpanStore
+from agentemit.tracing.base import Tracer
+from agentemit.tracing.otel import OtelTracer
+
+__version__ = "0.1.0"
+
+
+def stats() -> dict[str, Any]:
+    """Counters of every live pipeline in this process, plus emits that had no active rollout."""
+    from agentemit.emit.no_tracer import no_tracer_count
+    from agentemit.pipeline.pipeline import _live_pipelines
+
+    return {
+        "no_tracer": no_tracer_count(),
+        "pipelines": {f"{p.name}@{id(p):x}": p.stats_snapshot() for p in list(_live_pipelines)},
+    }
+
+
+__all__ = [
+    "ConfigError",
+    "FlushReport",
+    "OtelTracer",
+    "Pipeline",
+    "PipelineConfig",
+    "RolloutSummary",
+    "Span",
+    "SpanEvent",
+    "SpanStore",
+    "Tracer",
+    "__version__",
+    "emit_exception",
+    "emit_message",
+    "emit_object",
+    "emit_reward",
+    "find_final_reward",
+    "find_reward_spans",
+    "get_message_value",
+    "get_object_value",
+    "get_reward_value",
+    "get_rewards",
+    "is_reward_span",
+    "reward",
+    "stats",
+]

@@ -1,0 +1,166 @@
+"""The public emit calls. Each validates its input, then hands a raw record to the active rollout.
+
+Bad input is a programming error and raises at once, naming the argument; everything after
+validation (no tracer, a full queue, a failing store) is counted, never raised into the agent.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from agentemit import semconv
+from agentemit.emit.encoding import flatten_attributes, object_attributes
+from agentemit.emit.no_tracer import count_no_tracer
+from agentemit.tracing.context import CURRENT
+
+_float = float
+
+
+def _check_attributes(where: str, attributes: Any) -> None:
+    if not isinstance(attributes, Mapping):
+        raise TypeError(f"{where}: attributes must be a mapping of str to values, got {type(attributes).__name__}")
+
+
+def emit_message(message: str, *, attributes: Mapping[str, Any] | None = None) -> None:
+    """Record a message (a log line of the agent) as an ``agentlightning.message`` span.
+
+    Raises:
+        TypeError: ``message`` is not a str, or ``attributes`` is not a mapping.
+    """
+    if not isinstance(message, str):
+        raise TypeError(f"emit_message: message must be str, got {type(message).__name__}")
+    ctx = CURRENT.get()
+    if ctx is None:
+        return count_no_tracer("message")
+    attrs: dict[str, Any] = {semconv.MESSAGE_BODY: message, semconv.MESSAGE_LEGACY: message}
+    if attributes:
+        _check_attributes("emit_message", attributes)
+        flatten_attributes(attributes, attrs)
+    ctx.emit("message", semconv.SPAN_MESSAGE, attrs)
+
+
+def _reward_number(value: Any, what: str) -> float:
+    cls = type(value)
+    if cls is float:
+        number: float = value
+    elif cls is int or cls is bool or isinstance(value, (int, float)):
+        number = _float(value)
+    else:
+        as_float = getattr(value, "__float__", None)  # numpy scalars, Decimal, fractions
+        if as_float is None or isinstance(value, (str, bytes)):
+            raise TypeError(f"emit_reward: {what} is {value!r} ({cls.__name__}); expected a finite number")
+        number = _float(as_float())
+    if not math.isfinite(number):
+        raise ValueError(f"emit_reward: {what} is {number!r}; expected a finite number")
+    return number
+
+
+def reward_attributes(reward: float | Mapping[str, float], primary_key: str | None = None) -> dict[str, Any]:
+    """Validated reward attributes: ``reward`` holds the primary, dimensions follow, primary first."""
+    if isinstance(reward, Mapping):
+        if not reward:
+            raise ValueError("emit_reward: reward mapping is empty; give at least one dimension")
+        if primary_key is None:
+            if len(reward) != 1:
+                raise ValueError(
+                    f"emit_reward: primary_key is required with {len(reward)} dimensions ({', '.join(map(str, reward))})"
+                )
+            primary_key = next(iter(reward))
+        if primary_key not in reward:
+            raise ValueError(
+                f"emit_reward: primary_key {primary_key!r} is not one of the dimensions ({', '.join(map(str, reward))})"
+            )
+        dims = [(primary_key, _reward_number(reward[primary_key], f"dimension {primary_key!r}"))]
+        for key, value in reward.items():
+            if not isinstance(key, str):
+                raise TypeError(f"emit_reward: dimension name {key!r} must be str, got {type(key).__name__}")
+            if key != primary_key:
+                dims.append((key, _reward_number(value, f"dimension {key!r}")))
+        attrs: dict[str, Any] = {semconv.REWARD_LEGACY: dims[0][1]}
+        for index, (key, value) in enumerate(dims):
+            attrs[semconv.reward_name_key(index)] = key
+            attrs[semconv.reward_value_key(index)] = value
+        return attrs
+    if primary_key is not None:
+        raise ValueError("emit_reward: primary_key applies only to a mapping of dimensions")
+    value = _reward_number(reward, "reward")
+    return {
+        semconv.REWARD_LEGACY: value,
+        "agentlightning.reward.0.name": semconv.PRIMARY_REWARD_NAME,
+        "agentlightning.reward.0.value": value,
+    }
+
+
+def emit_reward(
+    reward: float | Mapping[str, float],
+    *,
+    primary_key: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> None:
+    """Record a reward as an ``agentlightning.reward`` span.
+
+    ``reward`` is a number (int and bool become float) or a mapping of named dimensions, with
+    ``primary_key`` naming the primary one when there are several.
+
+    Raises:
+        TypeError: a value is not a number (the message names the dimension).
+        ValueError: a value is NaN or infinite, or ``primary_key`` is missing or unknown.
+    """
+    attrs = reward_attributes(reward, primary_key)
+    ctx = CURRENT.get()
+    if ctx is None:
+        return count_no_tracer("reward")
+    if attributes:
+        _check_attributes("emit_reward", attributes)
+        flatten_attributes(attributes, attrs)
+    ctx.emit("reward", semconv.SPAN_REWARD, attrs)
+
+
+def exception_attributes(exception: BaseException, escaped: bool = False) -> dict[str, Any]:
+    """OpenTelemetry exception attributes; the stack trace includes chained causes."""
+    cls = type(exception)
+    module = cls.__module__
+    return {
+        semconv.EXCEPTION_TYPE: cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}",
+        semconv.EXCEPTION_MESSAGE: str(exception),
+        semconv.EXCEPTION_STACKTRACE: "".join(traceback.format_exception(exception)),
+        semconv.EXCEPTION_ESCAPED: escaped,
+    }
+
+
+def emit_exception(exception: BaseException, *, attributes: Mapping[str, Any] | None = None) -> None:
+    """Record an exception (type, message, full stack trace with causes) as ``agentlightning.exception``.
+
+    Raises:
+        TypeError: ``exception`` is not an exception instance.
+    """
+    if not isinstance(exception, BaseException):
+        raise TypeError(f"emit_exception: exception must be an exception instance, got {type(exception).__name__}")
+    ctx = CURRENT.get()
+    if ctx is None:
+        return count_no_tracer("exception")
+    attrs = exception_attributes(exception)
+    if attributes:
+        _check_attributes("emit_exception", attributes)
+        flatten_attributes(attributes, attrs)
+    ctx.emit("exception", semconv.SPAN_EXCEPTION, attrs)
+
+
+def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> None:
+    """Record any Python object as ``agentlightning.object``; never raises for the object itself.
+
+    Primitives are stored as a literal, bytes as base64, JSON-able values (dicts, lists, dataclasses,
+    pydantic models, datetimes, enums, numpy) as JSON; anything else as a bounded ``repr`` with a
+    marker. Cycles and huge values are bounded and marked truncated.
+    """
+    ctx = CURRENT.get()
+    if ctx is None:
+        return count_no_tracer("object")
+    attrs = object_attributes(obj)
+    if attributes:
+        _check_attributes("emit_object", attributes)
+        flatten_attributes(attributes, attrs)
+    ctx.emit("object", semconv.SPAN_OBJECT, attrs)

@@ -1,0 +1,174 @@
+"""Turn arbitrary Python values into OpenTelemetry attribute values, bounded and never raising.
+
+Used off the hot path for objects and on it only for user ``attributes`` (flat dicts of scalars cost
+one ``type()`` check per value).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import enum
+import math
+import uuid
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import PurePath
+from typing import Any
+
+import orjson
+
+from agentemit import semconv
+from agentemit.span import AttributeValue
+
+MAX_DEPTH = 32
+MAX_ITEMS = 10_000  # containers longer than this are cut (and marked)
+MAX_JSON_BYTES = 1 << 20  # JSON text longer than this is cut (and marked)
+MAX_REPR_CHARS = 4096
+
+_SCALARS = (str, bool, int, float)
+
+
+class _Truncated:
+    """Records whether :func:`to_jsonable` had to bound its input."""
+
+    __slots__ = ("hit",)
+
+    def __init__(self) -> None:
+        self.hit = False
+
+
+def _numpy_to_python(value: Any) -> tuple[bool, Any]:
+    module = type(value).__module__
+    if not module.startswith("numpy"):
+        return False, None
+    if hasattr(value, "tolist"):
+        return True, value.tolist()
+    return False, None
+
+
+def to_jsonable(value: Any, marker: _Truncated, depth: int = 0, seen: frozenset[int] = frozenset()) -> Any:
+    """A JSON-encodable copy of ``value``; cycles, depth and size are bounded and marked.
+
+    Raises ``TypeError`` for a value with no JSON form (the caller falls back to a bounded repr).
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth >= MAX_DEPTH or id(value) in seen:
+        marker.hit = True
+        return f"<{type(value).__name__} truncated>"
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value, marker, depth + 1, seen)
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (uuid.UUID, Decimal, PurePath)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    is_np, converted = _numpy_to_python(value)
+    if is_np:
+        return to_jsonable(converted, marker, depth + 1, seen)
+    inner = seen | {id(value)}
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for i, (k, v) in enumerate(value.items()):
+            if i >= MAX_ITEMS:
+                marker.hit = True
+                break
+            out[k if isinstance(k, str) else str(k)] = to_jsonable(v, marker, depth + 1, inner)
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+        if len(items) > MAX_ITEMS:
+            marker.hit = True
+            items = items[:MAX_ITEMS]
+        return [to_jsonable(v, marker, depth + 1, inner) for v in items]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return to_jsonable(fields, marker, depth + 1, inner)
+    dump = getattr(value, "model_dump", None)  # pydantic v2
+    if callable(dump) and not isinstance(value, type):
+        return to_jsonable(dump(mode="json"), marker, depth + 1, inner)
+    raise TypeError(f"{type(value).__name__} has no JSON form")
+
+
+def bounded_repr(value: Any) -> str:
+    """``repr`` that never raises and never exceeds :data:`MAX_REPR_CHARS`."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # a broken __repr__ must not break the agent
+        text = f"<{type(value).__name__} repr failed: {type(exc).__name__}>"
+    if len(text) > MAX_REPR_CHARS:
+        text = text[:MAX_REPR_CHARS] + semconv.TRUNCATED_SUFFIX
+    return text
+
+
+def object_attributes(obj: Any) -> dict[str, AttributeValue]:
+    """Attributes of an object event: type, then a literal, JSON, or (marked) bounded repr."""
+    attrs: dict[str, AttributeValue] = {semconv.OBJECT_TYPE: _type_name(obj)}
+    if obj is None:
+        attrs[semconv.OBJECT_JSON] = "null"
+        return attrs
+    if isinstance(obj, _SCALARS) and not isinstance(obj, enum.Enum):
+        if isinstance(obj, float) and not math.isfinite(obj):
+            attrs[semconv.OBJECT_LITERAL] = obj
+            return attrs
+        attrs[semconv.OBJECT_LITERAL] = obj
+        return attrs
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        attrs[semconv.OBJECT_LITERAL] = base64.b64encode(bytes(obj)).decode("ascii")
+        attrs[semconv.OBJECT_BYTES_ENCODING] = "base64"
+        return attrs
+    marker = _Truncated()
+    try:
+        text = orjson.dumps(to_jsonable(obj, marker)).decode("utf-8")
+    except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError):
+        attrs[semconv.OBJECT_REPR] = bounded_repr(obj)
+        attrs[semconv.OBJECT_UNSERIALIZABLE] = True
+        return attrs
+    if len(text) > MAX_JSON_BYTES:
+        text = text[:MAX_JSON_BYTES]
+        marker.hit = True
+        attrs[semconv.OBJECT_REPR] = text + semconv.TRUNCATED_SUFFIX  # cut JSON is not JSON: keep as text
+    else:
+        attrs[semconv.OBJECT_JSON] = text
+    if marker.hit:
+        attrs[semconv.OBJECT_TRUNCATED] = True
+    return attrs
+
+
+def _type_name(obj: Any) -> str:
+    cls = type(obj)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def flatten_attributes(attributes: Mapping[str, Any], out: dict[str, AttributeValue], prefix: str = "") -> None:
+    """Merge user attributes into ``out`` with dotted keys; values OpenTelemetry cannot hold become JSON."""
+    for key, value in attributes.items():
+        name = f"{prefix}{key}" if isinstance(key, str) else f"{prefix}{key!s}"
+        cls = type(value)
+        if cls is str or cls is int or cls is float or cls is bool:
+            out[name] = value
+        elif isinstance(value, Mapping) and value and len(prefix) < 256:
+            flatten_attributes(value, out, name + ".")
+        else:
+            out[name] = _attribute_value(value)
+
+
+def _attribute_value(value: Any) -> AttributeValue:
+    if isinstance(value, _SCALARS) and not isinstance(value, enum.Enum):
+        return value
+    if isinstance(value, (list, tuple)) and value:
+        first = type(value[0])
+        if first in (str, bool, int, float) and all(type(v) is first for v in value):
+            return tuple(value)
+    marker = _Truncated()
+    try:
+        return orjson.dumps(to_jsonable(value, marker)).decode("utf-8")
+    except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError):
+        return bounded_repr(value)

@@ -1,0 +1,53 @@
+"""The ``@reward`` decorator: the function's result is emitted as a reward and returned unchanged."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar, cast
+
+from agentemit.emit.api import emit_exception, emit_reward
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _emit_result(result: Any) -> None:
+    if result is not None:
+        emit_reward(result)
+
+
+def reward(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a sync or async reward function.
+
+    The return value (a number or a mapping of dimensions with one entry) is emitted as a reward;
+    ``None`` emits nothing. If the function raises, the exception is emitted and re-raised. A result
+    that is not a valid reward raises ``TypeError``/``ValueError`` as :func:`emit_reward` does.
+    """
+    if inspect.iscoroutinefunction(fn):
+        async_fn = cast(Callable[P, Awaitable[Any]], fn)
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            try:
+                result = await async_fn(*args, **kwargs)
+            except Exception as exc:
+                emit_exception(exc)
+                raise
+            _emit_result(result)
+            return result
+
+        return cast(Callable[P, R], async_wrapper)
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            emit_exception(exc)
+            raise
+        _emit_result(result)
+        return result
+
+    return wrapper

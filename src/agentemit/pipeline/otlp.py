@@ -1,0 +1,328 @@
+"""OTLP/HTTP protobuf sink: delivers span batches to any OpenTelemetry collector.
+
+Spans are encoded straight from our :class:`~agentemit.span.Span` into ``opentelemetry.proto`` messages
+(:func:`spans_to_otlp`). Going through ``Span.to_readable_span()`` and the SDK's ``encode_spans``
+(:func:`spans_to_otlp_via_sdk`) yields the same message but costs several times more per span, because
+it builds SDK objects only to take them apart again. Rollout identity travels as the span attributes
+``agentlightning.rollout_id`` / ``attempt_id`` / ``span_sequence_id``, exactly as ``to_readable_span``
+puts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import httpx
+from opentelemetry import context as otel_context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, SpanFlags
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+
+from agentemit import semconv
+from agentemit.compression import compress
+from agentemit.pipeline.sink import ExportResult
+from agentemit.span import AttributeValue, Span
+
+OtlpCompression = Literal["gzip", "none"]
+
+#: Statuses the OTLP/HTTP specification says to retry; every other 4xx/5xx must not be retried.
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+_STATUS_CODES = {"UNSET": 0, "OK": 1, "ERROR": 2}
+_SPAN_KIND_INTERNAL = PbSpan.SpanKind.SPAN_KIND_INTERNAL
+_SPAN_FLAGS = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK  # parent is known and is local
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_ERROR_BODY_CHARS = 200
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+def _set_value(out: AnyValue, value: Any) -> None:
+    kind = type(value)
+    if kind is str:
+        out.string_value = value
+    elif kind is bool:
+        out.bool_value = value
+    elif kind is int:
+        if _INT64_MIN <= value <= _INT64_MAX:
+            out.int_value = value
+        else:  # OTLP ints are 64-bit; the SDK drops such a value, a string keeps it
+            out.string_value = str(value)
+    elif kind is float:
+        out.double_value = value
+    elif kind is tuple or kind is list:
+        array = out.array_value
+        array.SetInParent()
+        for item in value:
+            _set_value(array.values.add(), item)
+    elif isinstance(value, str):  # subclasses, e.g. enums
+        out.string_value = str.__str__(value)
+    elif isinstance(value, int):  # bool is final, so this is an int subclass such as IntEnum
+        _set_value(out, int(value))
+    elif isinstance(value, float):
+        out.double_value = float(value)
+    elif isinstance(value, bytes):
+        out.bytes_value = value
+    elif value is not None:
+        out.string_value = str(value)
+
+
+def _add_attributes(out: Any, attributes: Mapping[str, AttributeValue]) -> None:
+    add = out.add
+    for key, value in attributes.items():
+        kv: KeyValue = add()
+        kv.key = key
+        if type(value) is str:  # the common case, inline: this loop dominates encoding time
+            kv.value.string_value = value
+        else:
+            _set_value(kv.value, value)
+
+
+def _ids(span: Span) -> tuple[bytes, bytes, bytes | None]:
+    try:
+        trace_id = bytes.fromhex(span.trace_id)
+        span_id = bytes.fromhex(span.span_id)
+        parent_id = bytes.fromhex(span.parent_id) if span.parent_id else None
+    except ValueError as exc:
+        raise ValueError(f"otlp: span {span.span_id!r} has an id that is not hex: {exc}") from exc
+    if len(trace_id) != 16 or len(span_id) != 8 or (parent_id is not None and len(parent_id) != 8):
+        raise ValueError(
+            f"otlp: span {span.span_id!r} ids must be 32/16 hex digits "
+            f"(trace_id {span.trace_id!r}, parent_id {span.parent_id!r})"
+        )
+    return trace_id, span_id, parent_id
+
+
+def _fill_span(out: PbSpan, span: Span) -> None:
+    out.trace_id, out.span_id, parent_id = _ids(span)
+    if parent_id is not None:
+        out.parent_span_id = parent_id
+    out.name = span.name
+    out.kind = _SPAN_KIND_INTERNAL
+    out.start_time_unix_nano = span.start_time
+    out.end_time_unix_nano = span.end_time
+    attrs = span.attributes
+    _add_attributes(out.attributes, attrs)
+    # Same identity keys, in the same order, as Span.to_readable_span (existing attributes win).
+    if semconv.ROLLOUT_ID not in attrs:
+        kv = out.attributes.add()
+        kv.key = semconv.ROLLOUT_ID
+        kv.value.string_value = span.rollout_id
+    if semconv.ATTEMPT_ID not in attrs:
+        kv = out.attributes.add()
+        kv.key = semconv.ATTEMPT_ID
+        kv.value.string_value = span.attempt_id
+    if semconv.SPAN_SEQUENCE_ID not in attrs:
+        kv = out.attributes.add()
+        kv.key = semconv.SPAN_SEQUENCE_ID
+        _set_value(kv.value, span.sequence_id)
+    for event in span.events:
+        pb_event = out.events.add()
+        pb_event.name = event.name
+        pb_event.time_unix_nano = event.timestamp
+        _add_attributes(pb_event.attributes, event.attributes)
+    status = out.status
+    status.SetInParent()
+    code = _STATUS_CODES[span.status]
+    if code:
+        status.code = code  # type: ignore[assignment]
+    if code == 2 and span.status_description:  # OpenTelemetry keeps a description only on errors
+        status.message = span.status_description
+    out.flags = _SPAN_FLAGS
+
+
+def spans_to_otlp(spans: Sequence[Span]) -> ExportTraceServiceRequest:
+    """Encode spans as one ``ExportTraceServiceRequest``, grouped by resource.
+
+    Equivalent to :func:`spans_to_otlp_via_sdk` except that it keeps integers beyond 64 bits (as strings)
+    and event attributes beyond the SDK's 128-per-event limit. Raises ``ValueError`` naming a span whose
+    ids are not 32/16 hex digits.
+    """
+    request = ExportTraceServiceRequest()
+    groups: dict[frozenset[tuple[str, AttributeValue]], ScopeSpans] = {}
+    last_resource: object = None
+    scope: ScopeSpans | None = None
+    for span in spans:
+        if span.resource is not last_resource or scope is None:
+            last_resource = span.resource
+            key = frozenset(span.resource.items())
+            scope = groups.get(key)
+            if scope is None:
+                resource_spans = request.resource_spans.add()
+                resource_spans.resource.SetInParent()
+                _add_attributes(resource_spans.resource.attributes, span.resource)
+                scope = resource_spans.scope_spans.add()
+                scope.scope.SetInParent()
+                groups[key] = scope
+        _fill_span(scope.spans.add(), span)
+    return request
+
+
+def spans_to_otlp_via_sdk(spans: Sequence[Span]) -> ExportTraceServiceRequest:
+    """The reference encoding: ``to_readable_span`` then the SDK exporter's ``encode_spans``."""
+    return encode_spans([s.to_readable_span() for s in spans])
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if absent or unreadable.
+
+    ``now`` is the current Unix time (injected in tests); a date in the past gives 0.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds or seconds == float("inf"):
+        return None
+    return max(0.0, seconds)
+
+
+def _body_snippet(response: httpx.Response) -> str:
+    ctype = response.headers.get("content-type", "")
+    if not ctype.startswith(("text/", "application/json")):
+        return ""
+    text = response.text.strip().replace("\n", " ")
+    return f": {text[:_ERROR_BODY_CHARS]}" if text else ""
+
+
+def _result_for(response: httpx.Response, count: int, where: str) -> ExportResult:
+    status = response.status_code
+    if 200 <= status < 300:
+        rejected, message = _partial_success(response)
+        if rejected:
+            error = f"{where}: collector rejected {rejected} of {count} spans: {message or 'no reason given'}"
+            return ExportResult(ok=True, retryable=False, error=error, stored=max(0, count - rejected))
+        return ExportResult.success(count)
+    error = f"{where}: HTTP {status}{_body_snippet(response)}"
+    if status in RETRYABLE_STATUSES:
+        return ExportResult.failure(error, retry_after=parse_retry_after(response.headers.get("retry-after")))
+    return ExportResult.failure(error, retryable=False)
+
+
+def _partial_success(response: httpx.Response) -> tuple[int, str]:
+    """Rejected-span count and message from a protobuf ExportTraceServiceResponse, if the body has one."""
+    body = response.content
+    if not body or "protobuf" not in response.headers.get("content-type", ""):
+        return 0, ""
+    reply = ExportTraceServiceResponse()
+    try:
+        reply.ParseFromString(body)
+    except Exception:  # an unreadable success body does not undo the success
+        return 0, ""
+    partial = reply.partial_success
+    return int(partial.rejected_spans), partial.error_message
+
+
+# --- the sink ------------------------------------------------------------------------------------
+
+
+class OtlpHttpSink:
+    """POSTs each batch as OTLP/HTTP protobuf to ``endpoint`` (e.g. ``http://host:4318/v1/traces``).
+
+    Never raises. 2xx is success; 429/502/503/504, connection errors and timeouts are retryable
+    failures (with the server's Retry-After); any other status is a failure not worth retrying.
+    ``last_response_time`` holds the seconds the last export took (``None`` before the first), so a
+    failover wrapper or an operator can spot a slow endpoint. A ``client`` passed in is shared and
+    left open at shutdown; otherwise the sink owns a keep-alive pooled client.
+
+    Args:
+        endpoint: full URL of the traces endpoint.
+        headers: extra request headers (e.g. authorization).
+        compression: ``"gzip"`` (default) or ``"none"``.
+        timeout: seconds for connect/read/write of one request.
+        client: an ``httpx.Client`` to use instead of a private one.
+        clock: monotonic seconds, for ``last_response_time``.
+
+    Raises:
+        ValueError: the endpoint is not an http(s) URL, or the compression is unknown.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        compression: OtlpCompression = "gzip",
+        timeout: float = 10.0,
+        client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"otlp sink: endpoint {endpoint!r} is not an http:// or https:// URL")
+        if compression not in ("gzip", "none"):
+            raise ValueError(f"otlp sink: compression {compression!r} is not one of gzip, none")
+        if timeout <= 0:
+            raise ValueError(f"otlp sink: timeout {timeout!r} must be positive")
+        self.endpoint = endpoint
+        self.compression: OtlpCompression = compression
+        self.timeout = timeout
+        self._headers = {"Content-Type": "application/x-protobuf", "Accept": "application/x-protobuf"}
+        if compression == "gzip":
+            self._headers["Content-Encoding"] = "gzip"
+        self._headers.update(headers or {})
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.Client(timeout=timeout)
+        self._clock = clock
+        self._closed = False
+        self.last_response_time: float | None = None
+
+    def export(self, batch: Sequence[Span]) -> ExportResult:
+        """Send one batch; the result says whether and how to retry it."""
+        if self._closed:
+            return ExportResult.failure(f"otlp {self.endpoint}: sink is shut down", retryable=False)
+        if not batch:
+            return ExportResult.success(0)
+        try:
+            body = spans_to_otlp(batch).SerializeToString()
+            if self.compression == "gzip":
+                body = compress(body, "gzip")
+        except Exception as exc:  # a batch we cannot encode will never encode: do not retry it
+            return ExportResult.failure(f"otlp {self.endpoint}: cannot encode batch: {exc}", retryable=False)
+        # Suppress instrumentation (e.g. an instrumented httpx) so exporting makes no spans of its own.
+        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        started = self._clock()
+        try:
+            response = self._client.post(self.endpoint, content=body, headers=self._headers, timeout=self.timeout)
+            return _result_for(response, len(batch), f"otlp {self.endpoint}")
+        except httpx.HTTPError as exc:
+            return ExportResult.failure(f"otlp {self.endpoint}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # never raise into the pipeline worker
+            return ExportResult.failure(f"otlp {self.endpoint}: unexpected {type(exc).__name__}: {exc}")
+        finally:
+            self.last_response_time = self._clock() - started
+            otel_context.detach(token)
+
+    def force_flush(self, timeout: float) -> bool:
+        """Nothing is buffered here: every export is sent before it returns."""
+        return True
+
+    def shutdown(self, timeout: float) -> None:
+        """Refuse further exports and close the private client (a shared one stays open)."""
+        self._closed = True
+        if self._owns_client:
+            with contextlib.suppress(Exception):  # closing is best effort; shutdown must not raise
+                self._client.close()

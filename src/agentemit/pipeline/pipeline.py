@@ -1,0 +1,607 @@
+"""The delivery pipeline: bounded priority lanes, overflow policies, a batching worker, spill and replay.
+
+Data flow (see docs/ARCHITECTURE.md)::
+
+    emit -> RolloutContext.emit -> Pipeline.submit (hot path: admission, one len, one append)
+         -> worker: take batch -> build Span -> stages (filters, redaction) -> sink.export
+                    \\-> on failure: spool (built form) -> replayed when the sink answers again
+         -> overflow "spill": spill thread -> spool (raw form) -> replayed by the worker
+
+Accounting (exact at quiescence)::
+
+    emitted + recovered == exported + pending + in_spool + sum(dropped)
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import context as otel_context
+
+from agentemit.pipeline import spill_format
+from agentemit.pipeline.builder import build_span
+from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
+from agentemit.pipeline.lanes import Lanes
+from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
+from agentemit.pipeline.sink import Sink
+from agentemit.pipeline.spool import Spool, SpoolEntry
+from agentemit.pipeline.stats import DropReason, PipelineStats
+from agentemit.span import Span
+from agentemit.tracing.context import RawRecord
+
+logger = logging.getLogger("agentemit")
+
+Stage = Callable[[Span], "Span | None"]
+_SPILL_CHUNK = 2000
+_REPLAY_CHUNK = 16
+_HIGH = HIGH_PRIORITY_KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReport:
+    """What a flush or shutdown achieved by its deadline (truthy only when nothing was left in memory)."""
+
+    completed: bool
+    delivered: int
+    pending: int
+    in_spool: int
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.completed
+
+
+class Pipeline:
+    """Delivers raw records from emitting threads to a sink without blocking or losing them.
+
+    Args:
+        sink: where batches go (wrap it for retries/failover; see ``pipeline/retry.py``).
+        config: knobs; default ``PipelineConfig.from_env()``.
+        stages: callables run on each built span in order (filters, redaction); None drops it.
+        resource: OpenTelemetry resource attributes stamped on emitted spans.
+        spool: an open :class:`Spool`; default one under ``config.resolved_spool_dir()``, opened on
+            first use.
+        clock: monotonic clock (injectable for tests).
+        start: start the worker now (tests may drive :meth:`run_once` instead).
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        config: PipelineConfig | None = None,
+        *,
+        stages: Sequence[Stage] = (),
+        resource: Mapping[str, Any] | None = None,
+        spool: Spool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        start: bool = True,
+        name: str = "default",
+    ) -> None:
+        self.config = config or PipelineConfig.from_env()
+        self.sink = sink
+        self.stages = list(stages)
+        self.resource = dict(resource or {})
+        self.clock = clock
+        self.name = name
+        self.sampler = HeadSampler(self.config)
+        self._spool = spool
+        self._owner = os.urandom(8)
+        self._batch_size = self.config.batch_size
+        self._buckets = {k: TokenBucket(r, clock=clock) for k, r in self.config.rate_limits.items()}
+        self._shedder = AdaptiveShedder() if self.config.adaptive_sampling else None
+        self._cpu = CpuMonitor(clock=clock)
+        self._start_threads = start
+        self._init_runtime_state()
+        _live_pipelines.add(self)
+        if start:
+            self.start()
+
+    def _init_runtime_state(self) -> None:
+        """Everything a forked child must rebuild: queues, locks, events, counters, threads."""
+        self.stats = PipelineStats()
+        self.lanes = Lanes(self.config)
+        self._high = self.lanes.high
+        self._low = self.lanes.low
+        self._spill: deque[RawRecord] = deque()
+        self._spill_capacity = max(_SPILL_CHUNK * 4, self.lanes.low_capacity)
+        self._wake = threading.Event()
+        self._spill_wake = threading.Event()
+        self._room = threading.Event()
+        self._stop = threading.Event()
+        self._export_lock = threading.RLock()
+        self._count_lock = threading.Lock()
+        self._taken = 0  # records taken off the lanes or the spill deque
+        self._inflight = 0
+        self._in_spool = 0
+        self._recovered = 0
+        self._flush_all = threading.Event()
+        self._idle = threading.Condition()
+        self._closed = False
+        self._sink_healthy = True
+        self._next_probe = 0.0
+        self._worker: threading.Thread | None = None
+        self._spiller: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._admission_needed = bool(self._buckets) or self._shedder is not None
+
+    # --- the hot path ---------------------------------------------------------------------------
+
+    def submit(self, record: RawRecord) -> None:
+        """Queue one raw record. Never blocks except under the ``block`` policy; never raises."""
+        kind = record[0]
+        if self._admission_needed and not self._admit(kind):
+            return
+        high = kind in _HIGH
+        lane = self._high if high else self._low
+        if len(lane) < (self.lanes.high_capacity if high else self.lanes.low_capacity):
+            lane.append(record)
+            if len(lane) == self._batch_size:
+                self._wake.set()
+            return
+        self._overflow(record, lane, high)
+
+    def _admit(self, kind: str) -> bool:
+        if self._closed:
+            self.stats.hot_drop(DropReason.SHUTDOWN)
+            return False
+        bucket = self._buckets.get(kind)
+        if bucket is not None and not bucket.allow():
+            self.stats.hot_drop(DropReason.RATE_LIMITED)
+            return False
+        shedder = self._shedder
+        if shedder is not None and shedder.shedding and not shedder.admit(kind):
+            self.stats.hot_drop(DropReason.SHED)
+            return False
+        return True
+
+    def count_sampled_out(self) -> None:
+        """Called by a rollout context for an event of a kind its rollout sampled out."""
+        self.stats.hot_drop(DropReason.SAMPLED_OUT)
+
+    def _overflow(self, record: RawRecord, lane: deque[RawRecord], high: bool) -> None:
+        policy = self.config.overflow_for(record[0])
+        self._wake.set()
+        if policy == "drop_newest":
+            self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
+        elif policy == "drop_oldest":
+            try:
+                lane.popleft()
+                self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
+            except IndexError:
+                pass
+            lane.append(record)
+        elif policy == "block":
+            capacity = self.lanes.high_capacity if high else self.lanes.low_capacity
+            if self._wait_for_room(lambda: len(lane) < capacity):
+                lane.append(record)
+            else:
+                self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
+        else:  # spill: the spill thread writes it to disk; wait only if the disk cannot keep up
+            spill = self._spill
+            if len(spill) >= self._spill_capacity and not self._wait_for_room(
+                lambda: len(spill) < self._spill_capacity
+            ):
+                self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
+                return
+            spill.append(record)
+            if len(spill) % 256 == 1:
+                self._spill_wake.set()
+
+    def _wait_for_room(self, has_room: Callable[[], bool]) -> bool:
+        deadline = time.monotonic() + self.config.block_timeout
+        while not has_room():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.is_set():
+                return False
+            self._room.clear()
+            self._wake.set()
+            self._spill_wake.set()
+            self._room.wait(min(remaining, 0.005))
+        return True
+
+    # --- threads --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker and spill threads (idempotent)."""
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._run_worker, name=f"agentemit-{self.name}", daemon=True)
+            self._worker.start()
+        if self._spiller is None or not self._spiller.is_alive():
+            self._spiller = threading.Thread(
+                target=self._run_spiller, name=f"agentemit-{self.name}-spill", daemon=True
+            )
+            self._spiller.start()
+
+    def _run_worker(self) -> None:
+        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            next_tick = self.clock() + self.config.flush_interval
+            while True:
+                self._wake.wait(max(0.0, min(next_tick - self.clock(), self.config.flush_interval)))
+                self._wake.clear()
+                tick = self.clock() >= next_tick
+                flush_all = tick or self._flush_all.is_set() or self._stop.is_set()
+                if tick:
+                    self._on_tick()
+                    next_tick = self.clock() + self.config.flush_interval
+                self.run_once(flush_all=flush_all)
+                if self._stop.is_set() and not len(self.lanes) and not self._spill:
+                    break
+        except Exception:  # the worker must never die silently
+            logger.exception("agentemit pipeline worker crashed; events stay in the queue")
+        finally:
+            otel_context.detach(token)
+
+    def run_once(self, *, flush_all: bool = True) -> int:
+        """Export what is queued (full batches only unless ``flush_all``); then replay the spool.
+
+        Returns the number of records taken. Runs on the worker thread; tests may call it directly.
+        """
+        taken_total = 0
+        with self._export_lock:
+            while True:
+                if not flush_all and len(self.lanes) < self._batch_size:
+                    break
+                records = self.lanes.take(self._batch_size)
+                if not records:
+                    break
+                self._room.set()
+                taken_total += len(records)
+                self._process(records)
+            if not len(self.lanes):
+                self._replay(flush_all)
+        self._notify_idle()
+        return taken_total
+
+    def _process(self, records: list[RawRecord]) -> None:
+        with self._count_lock:
+            self._taken += len(records)
+            self._inflight += len(records)
+        try:
+            self.lanes.observe(records)
+            spans = self._build(records)
+            self._deliver(spans)
+        finally:
+            with self._count_lock:
+                self._inflight -= len(records)
+
+    def _build(self, records: Iterable[RawRecord | Span]) -> list[Span]:
+        spans: list[Span] = []
+        for record in records:
+            try:
+                span = record if isinstance(record, Span) else build_span(record, self.resource)
+            except Exception as exc:
+                self.stats.drop(DropReason.INVALID)
+                logger.warning("agentemit: could not build a span from a %r event: %s", record[0], exc)
+                continue
+            for stage in self.stages:
+                try:
+                    result = stage(span)
+                except Exception as exc:  # a broken stage keeps the span (unprocessed) and is counted
+                    logger.warning("agentemit: pipeline stage %r failed: %s", stage, exc)
+                    self.stats.add("stage_errors")
+                    continue
+                if result is None:
+                    self.stats.drop(DropReason.FILTERED)
+                    break
+                span = result
+            else:
+                spans.append(span)
+        return spans
+
+    def _deliver(self, spans: list[Span], *, replaying: bool = False) -> bool:
+        """Export one batch; on failure spool it. Returns True when the sink took it."""
+        if not spans:
+            return True
+        if not self._sink_healthy and not replaying and self.clock() < self._next_probe:
+            self._spool_built(spans)
+            return False
+        started = self.clock()
+        try:
+            result = self.sink.export(spans)
+        except Exception as exc:  # sinks must not raise; if one does, treat it as a retryable failure
+            from agentemit.pipeline.sink import ExportResult
+
+            result = ExportResult.failure(f"{type(exc).__name__}: {exc}")
+        self.stats.export_latency.observe(self.clock() - started)
+        self.stats.add("batches")
+        if result.ok:
+            self._sink_healthy = True
+            if not replaying:
+                self.stats.add("exported", len(spans))
+            return True
+        self.stats.add("export_failed")
+        if not result.retryable:
+            if len(spans) > 1:  # isolate the bad span(s): a malformed span never poisons a batch
+                middle = len(spans) // 2
+                ok_left = self._deliver(spans[:middle], replaying=replaying)
+                ok_right = self._deliver(spans[middle:], replaying=replaying)
+                return ok_left and ok_right
+            self.stats.drop(DropReason.INVALID)
+            logger.warning("agentemit: sink refused span %s (%s): %s", spans[0].span_id, spans[0].name, result.error)
+            return True  # refused for good: counted, nothing to retry
+        self._sink_healthy = False
+        self._next_probe = self.clock() + min(self.config.retry_max_delay, self.config.flush_interval)
+        if not replaying:
+            self._spool_built(spans)
+        logger.warning("agentemit: export failed (%s); batch spooled to disk for replay", result.error)
+        return False
+
+    # --- spool ----------------------------------------------------------------------------------
+
+    def spool(self) -> Spool:
+        if self._spool is None:
+            directory = self.config.resolved_spool_dir() / f"{self.name}-{os.getpid()}-{self._owner.hex()[:8]}"
+            self._spool = Spool(
+                directory,
+                max_bytes=self.config.spool_max_bytes,
+                durability=self.config.durability,
+                compression=self.config.compression,
+            )
+        return self._spool
+
+    def _spool_built(self, spans: list[Span]) -> None:
+        high = any(s.name in _HIGH_NAMES for s in spans)
+        self._append_spool(spill_format.encode_built(spans, self._owner), len(spans), 0 if high else 1)
+
+    def _append_spool(self, payload: bytes, count: int, priority: int) -> None:
+        try:
+            result = self.spool().append([payload], priority=priority)
+        except Exception as exc:
+            self.stats.drop(DropReason.SPOOL_FULL, count)
+            logger.error("agentemit: spool write failed (%s); %d event(s) lost", exc, count)
+            return
+        if getattr(result, "refused", 0):
+            self.stats.drop(DropReason.SPOOL_FULL, count)
+            return
+        self.stats.add("spilled", count)
+        with self._count_lock:
+            self._in_spool += count
+
+    def _on_evicted(self, entry: SpoolEntry) -> None:
+        header = spill_format.read_header(entry.payload)
+        count = header.count if header else 0
+        if header is not None and header.owner != self._owner:
+            with self._count_lock:
+                self._recovered += count
+        self.stats.drop(DropReason.SPOOL_FULL, count)
+        with self._count_lock:
+            self._in_spool -= count
+
+    def _run_spiller(self) -> None:
+        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            while not (self._stop.is_set() and not self._spill):
+                self._spill_wake.wait(0.05)
+                self._spill_wake.clear()
+                self._drain_spill()
+        finally:
+            otel_context.detach(token)
+
+    def _drain_spill(self) -> None:
+        spill = self._spill
+        while spill:
+            chunk: list[RawRecord] = []
+            popleft = spill.popleft
+            while len(chunk) < _SPILL_CHUNK:
+                try:
+                    chunk.append(popleft())
+                except IndexError:
+                    break
+            self._room.set()
+            with self._count_lock:
+                self._taken += len(chunk)
+                self._inflight += len(chunk)
+            try:
+                for priority, part in ((0, [r for r in chunk if r[0] in _HIGH]), (1, [r for r in chunk if r[0] not in _HIGH])):
+                    if part:
+                        payload = spill_format.encode_raw(part, self._owner, self.resource)
+                        self._append_spool(payload, len(part), priority)
+            except Exception as exc:
+                self.stats.drop(DropReason.INVALID, len(chunk))
+                logger.error("agentemit: could not spill %d event(s): %s", len(chunk), exc)
+            finally:
+                with self._count_lock:
+                    self._inflight -= len(chunk)
+        self._notify_idle()
+
+    def _replay(self, flush_all: bool) -> None:
+        """Replay spooled batches, oldest first, while the sink answers (worker thread)."""
+        if self._spool is None or self._spool.pending_records() == 0:
+            return
+        if not self._sink_healthy and self.clock() < self._next_probe and not flush_all:
+            return
+        while True:
+            entries = self._spool.replay(limit=_REPLAY_CHUNK)
+            if not entries:
+                return
+            for entry in entries:
+                if not self._replay_entry(entry):
+                    return
+                self._spool.ack([entry])
+            if len(self.lanes) >= self._batch_size:
+                return  # fresh events first; the rest of the spool waits for the next idle moment
+
+    def _replay_entry(self, entry: SpoolEntry) -> bool:
+        header = spill_format.read_header(entry.payload)
+        if header is None:
+            self.stats.drop(DropReason.INVALID)
+            logger.warning("agentemit: skipped a spool record that is not an agentemit payload")
+            return True
+        body = entry.payload[spill_format.HEADER_SIZE :]
+        try:
+            if header.form == b"R":
+                spans = self._build(spill_format.decode_raw_rows(body))
+            else:
+                spans = spill_format.decode_built(body)
+        except Exception as exc:
+            self.stats.drop(DropReason.INVALID, header.count)
+            logger.warning("agentemit: a spool record could not be decoded (%s); %d event(s) lost", exc, header.count)
+            return True
+        ok = self._deliver(spans, replaying=True)
+        if not ok:
+            return False
+        mine = header.owner == self._owner
+        built_drops = header.count - len(spans)  # filtered/invalid while building were counted already
+        with self._count_lock:
+            if mine:
+                self._in_spool -= header.count
+            else:
+                self._recovered += header.count
+        self.stats.add("exported", len(spans))
+        self.stats.add("replayed", len(spans))
+        del built_drops
+        return True
+
+    # --- ticks, flush, shutdown, stats ----------------------------------------------------------
+
+    def _on_tick(self) -> None:
+        if self._shedder is not None:
+            was = self._shedder.shedding
+            now = self._shedder.observe(self._cpu.utilisation())
+            if now != was:
+                logger.warning("agentemit: CPU %s 90%%; %s low-priority events", "above" if now else "below",
+                               "shedding" if now else "no longer shedding")
+        snap = self.stats
+        if snap.batches >= 20 and snap.export_failed / snap.batches > 0.05:
+            logger.warning("agentemit: export error rate %.0f%% is above 5%%", 100.0 * snap.export_failed / snap.batches)
+
+    def _notify_idle(self) -> None:
+        with self._idle:
+            self._idle.notify_all()
+
+    def pending(self) -> int:
+        """Records in memory not yet delivered or spooled."""
+        with self._count_lock:
+            inflight = self._inflight
+        return len(self.lanes) + len(self._spill) + inflight
+
+    def force_flush(self, timeout: float = 5.0) -> FlushReport:
+        """Export everything queued, honouring ``timeout``; report what was delivered and what is left."""
+        started = self.clock()
+        exported_before = self.stats.exported
+        deadline = time.monotonic() + timeout
+        self._flush_all.set()
+        try:
+            while self.pending() and time.monotonic() < deadline:
+                self._wake.set()
+                self._spill_wake.set()
+                if self._worker is None or not self._worker.is_alive():
+                    self._drain_spill()
+                    self.run_once(flush_all=True)
+                with self._idle:
+                    self._idle.wait(min(0.01, max(0.0, deadline - time.monotonic())))
+            if not self.pending() and self._sink_healthy and time.monotonic() < deadline:
+                with self._export_lock:
+                    self._replay(True)
+        finally:
+            self._flush_all.clear()
+        return self._report(started, exported_before)
+
+    def _report(self, started: float, exported_before: int) -> FlushReport:
+        pending = self.pending()
+        with self._count_lock:
+            in_spool = self._in_spool
+        return FlushReport(
+            completed=pending == 0,
+            delivered=self.stats.exported - exported_before,
+            pending=pending,
+            in_spool=in_spool,
+            dropped=self.stats.drop_counts(),
+            elapsed=self.clock() - started,
+        )
+
+    def shutdown(self, timeout: float | None = None) -> FlushReport:
+        """Stop accepting, flush within ``timeout``, spool what is left, stop the threads. Idempotent."""
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        started = self.clock()
+        exported_before = self.stats.exported
+        if self._closed:
+            return self._report(started, exported_before)
+        deadline = time.monotonic() + timeout
+        report = self.force_flush(timeout * 0.8)
+        self._closed = True
+        self._admission_needed = True
+        self._stop.set()
+        self._wake.set()
+        self._spill_wake.set()
+        for thread in (self._worker, self._spiller):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        leftovers = self.lanes.take(len(self.lanes)) + list(self._spill)
+        self._spill.clear()
+        if leftovers:  # out of time: keep them on disk rather than lose them
+            with self._count_lock:
+                self._taken += len(leftovers)
+            try:
+                self._append_spool(spill_format.encode_raw(leftovers, self._owner, self.resource), len(leftovers), 0)
+            except Exception:
+                self.stats.drop(DropReason.SHUTDOWN, len(leftovers))
+        try:
+            self.sink.shutdown(max(0.0, deadline - time.monotonic()))
+        except Exception as exc:
+            logger.warning("agentemit: sink shutdown failed: %s", exc)
+        if self._spool is not None:
+            self._spool.close()
+        _live_pipelines.discard(self)
+        del report
+        return self._report(started, exported_before)
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """Counters plus derived figures; ``emitted`` is exact when the pipeline is quiet."""
+        drops = self.stats.drop_counts()
+        with self._count_lock:
+            taken, inflight, in_spool, recovered = self._taken, self._inflight, self._in_spool, self._recovered
+        queued = len(self.lanes) + len(self._spill)
+        hot = sum(c.value for c in self.stats.hot_drops.values())
+        return self.stats.snapshot(
+            emitted=taken + queued + hot,
+            pending=queued + inflight,
+            queue_depth=queued,
+            queue_bytes=self.lanes.estimated_bytes(),
+            in_spool=in_spool,
+            recovered=recovered,
+            sink_healthy=self._sink_healthy,
+            shedding=bool(self._shedder and self._shedder.shedding),
+            dropped=drops,
+        )
+
+    def _after_fork_in_child(self) -> None:
+        """The child starts empty: the parent still owns (and will deliver) what was queued."""
+        self._spool = None
+        self._owner = os.urandom(8)
+        self._init_runtime_state()
+        if self._start_threads:
+            self.start()
+
+
+_HIGH_NAMES = frozenset({"agentlightning.reward", "agentlightning.exception"})
+_live_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for pipeline in list(_live_pipelines):
+        pipeline._after_fork_in_child()
+
+
+def _shutdown_all() -> None:
+    for pipeline in list(_live_pipelines):
+        try:
+            pipeline.shutdown()
+        except Exception:  # interpreter exit: never raise
+            logger.exception("agentemit: pipeline shutdown at exit failed")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_shutdown_all)

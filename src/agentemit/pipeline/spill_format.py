@@ -1,0 +1,73 @@
+"""The payload format of spool records written by the pipeline.
+
+``b"AE1" + form + owner(8) + count(u32 BE) + body`` where form is ``R`` (raw records, not yet built,
+redacted or filtered: written on queue overflow, where speed matters) or ``B`` (built spans, an
+:func:`agentemit.codec.encode_batch` document: written when a sink fails). ``owner`` identifies the
+pipeline instance that wrote it, so a replay can tell its own spills from those a previous process
+left behind (counted as ``recovered``). The count lets eviction be accounted in spans without decoding.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from agentemit import codec
+from agentemit.pipeline.builder import build_span
+from agentemit.span import Span
+from agentemit.tracing.context import RawRecord
+
+MAGIC = b"AE1"
+_HEADER = struct.Struct(">3sc8sI")
+HEADER_SIZE = _HEADER.size
+
+
+@dataclass(frozen=True, slots=True)
+class SpillHeader:
+    form: bytes
+    owner: bytes
+    count: int
+
+
+def read_header(payload: bytes) -> SpillHeader | None:
+    """The header of a payload, or None when it is not one of ours."""
+    if len(payload) < HEADER_SIZE:
+        return None
+    magic, form, owner, count = _HEADER.unpack_from(payload)
+    if magic != MAGIC or form not in (b"R", b"B"):
+        return None
+    return SpillHeader(form, owner, count)
+
+
+def encode_raw(records: Sequence[RawRecord], owner: bytes, resource: Mapping[str, Any]) -> bytes:
+    """Raw records as compact JSON rows; third-party spans are built first (they hold SDK objects)."""
+    rows: list[Any] = []
+    for r in records:
+        if r[0] == "otel":
+            rows.append(["otel", build_span(r, resource).to_dict()])
+        else:
+            rows.append(list(r[:11]))
+    return _HEADER.pack(MAGIC, b"R", owner, len(records)) + orjson.dumps(rows)
+
+
+def encode_built(spans: Sequence[Span], owner: bytes) -> bytes:
+    return _HEADER.pack(MAGIC, b"B", owner, len(spans)) + codec.encode_batch(spans)
+
+
+def decode_raw_rows(body: bytes) -> list[RawRecord | Span]:
+    """Raw rows back to raw records (or Spans for third-party spans built at spill time)."""
+    out: list[RawRecord | Span] = []
+    for row in orjson.loads(body):
+        if row[0] == "otel":
+            out.append(Span.from_dict(row[1]))
+        else:
+            out.append((*row, None))
+    return out
+
+
+def decode_built(body: bytes) -> list[Span]:
+    return codec.decode_batch(body)

@@ -1,0 +1,679 @@
+"""A disk spool (write-ahead log) so batches a sink cannot take right now are never lost.
+
+The pipeline appends opaque payloads (an encoded batch each) when its queue overflows or a sink keeps
+failing, and replays them, oldest first, when the sink recovers or at start-up. Delivery is
+at-least-once: the store is idempotent on the span key, so a record may come out twice (a crash
+between export and :meth:`Spool.ack`), but an acknowledged record is never handed out again, not even
+after a restart.
+
+On disk, a directory holds:
+
+* ``seg-<20-digit sequence>.wal``: append-only segments named after the first sequence number they
+  were opened for. A record is a 24-byte header (magic ``AEW1``, flags, 3 zero bytes, sequence u64,
+  payload length u32, CRC32) followed by the stored payload, little-endian. The CRC covers the header
+  fields after the magic and the payload, so a damaged length or sequence is caught like a damaged
+  payload. Flags: bits 0-1 the compression (none/gzip/zstd), bits 2-3 the priority (0 = highest,
+  e.g. rewards); higher bits must be zero.
+* ``cursor.json``: every sequence below ``cursor`` is done, plus the (normally empty) list of
+  sequences acknowledged out of order above it. Written to a temp file, fsynced and ``os.replace``\\ d.
+* ``spool.lock``: an ``flock`` so two spools never write one directory.
+
+Why sequence numbers rather than file offsets as positions: eviction compacts segments (rewrites
+them without the evicted and already acknowledged records), which moves offsets. A sequence number
+travels with its record, so an entry handed out before a compaction can still be acknowledged after.
+
+Recovery scans every segment once at open, checking each CRC; a torn tail or a damaged record is
+skipped and counted, and scanning resumes at the next offset where a whole valid record starts.
+An in-memory index (about 150 bytes per pending record) makes replay, eviction and the pending
+counters cheap afterwards. Appends after a restart go to a new segment, never after a torn tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import struct
+import sys
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO, Literal, TypeAlias
+
+import orjson
+
+from agentemit.compression import COMPRESSIONS, Compression, CompressionError, check_compression, compress, decompress
+
+if sys.platform != "win32":
+    import fcntl
+
+logger = logging.getLogger("agentemit")
+
+Durability: TypeAlias = Literal["none", "batch", "always"]
+DURABILITIES: tuple[Durability, ...] = ("none", "batch", "always")
+PRIORITIES = range(4)  # 0 is the highest: evicted last
+
+_MAGIC = b"AEW1"
+_HEADER = struct.Struct("<4sB3xQII")  # magic, flags, pad, sequence, payload length, crc32
+HEADER_SIZE = _HEADER.size
+_MAX_PAYLOAD = 0xFFFFFFFF
+_SEGMENT_RE = re.compile(r"seg-(\d{20})\.wal")
+_CURSOR_FILE = "cursor.json"
+_LOCK_FILE = "spool.lock"
+_CURSOR_FORMAT = "agentemit.spool.cursor"
+_WARN_INTERVAL = 60.0  # seconds between two warnings of the same kind
+
+
+class SpoolLockedError(RuntimeError):
+    """Another :class:`Spool` (in this or another process) has the directory open."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """A record handed out by :meth:`Spool.replay`; ``position`` is its sequence number (stable)."""
+
+    payload: bytes
+    priority: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What one :meth:`Spool.append` did: the first ``stored`` payloads are on disk, the rest refused.
+
+    ``evicted`` counts older, lower- or equal-priority records dropped to make room; ``error`` names
+    an I/O failure when one caused the refusal.
+    """
+
+    stored: int
+    refused: int = 0
+    evicted: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.refused == 0
+
+
+@dataclass(slots=True)
+class SpoolStats:
+    """Counters of one :class:`Spool` instance (a snapshot; ``bytes_on_disk`` counts segment files)."""
+
+    appended: int = 0
+    replayed: int = 0  # entries handed out by replay, repeats included
+    acked: int = 0
+    corrupt_records: int = 0  # damaged regions skipped, one per run of bad bytes
+    evicted_records: dict[int, int] = field(default_factory=lambda: dict.fromkeys(PRIORITIES, 0))
+    refused: int = 0
+    bytes_on_disk: int = 0
+    io_errors: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Segment:
+    path: Path
+    size: int = 0
+    live_count: int = 0
+    live_bytes: int = 0
+    records: list[_Record] = field(default_factory=list)  # in file order; dead ones linger until rewrite
+
+
+@dataclass(eq=False, slots=True)
+class _Record:
+    seq: int
+    segment: _Segment
+    offset: int
+    size: int  # header + stored payload
+    priority: int
+
+
+def _encode_record(seq: int, flags: int, stored: bytes) -> bytes:
+    head = _HEADER.pack(_MAGIC, flags, seq, len(stored), 0)
+    crc = zlib.crc32(stored, zlib.crc32(head[4:20]))
+    return head[:20] + crc.to_bytes(4, "little") + stored
+
+
+def _parse(view: memoryview, off: int) -> tuple[int, int, int] | None:
+    """``(flags, seq, size)`` of the valid record starting at ``off``, else None."""
+    if len(view) - off < HEADER_SIZE:
+        return None
+    magic, flags, seq, length, crc = _HEADER.unpack_from(view, off)
+    end = off + HEADER_SIZE + length
+    if magic != _MAGIC or flags & 0xF0 or flags & 3 >= len(COMPRESSIONS) or end > len(view):
+        return None
+    if zlib.crc32(view[off + HEADER_SIZE : end], zlib.crc32(view[off + 4 : off + 20])) != crc:
+        return None
+    return flags, seq, end - off
+
+
+def _scan(data: bytes) -> tuple[list[tuple[int, int, int, int]], int]:
+    """Valid records ``(offset, size, flags, seq)`` in ``data`` and how many damaged regions were skipped."""
+    view = memoryview(data)
+    found: list[tuple[int, int, int, int]] = []
+    corrupt = 0
+    off = 0
+    while off < len(data):
+        rec = _parse(view, off)
+        if rec is not None:
+            flags, seq, size = rec
+            found.append((off, size, flags, seq))
+            off += size
+            continue
+        corrupt += 1
+        off = data.find(_MAGIC, off + 1)
+        while off != -1 and _parse(view, off) is None:
+            off = data.find(_MAGIC, off + 1)
+        if off == -1:
+            break
+    return found, corrupt
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a create/rename/unlink in ``path`` durable (POSIX only; Windows cannot open directories)."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Spool:
+    """An on-disk FIFO of opaque payloads with acknowledgement, a byte cap and priorities.
+
+    Args:
+        directory: created if missing; one open Spool per directory (else :class:`SpoolLockedError`).
+        max_bytes: cap on the segment files. An append that would pass it first reclaims space held by
+            acknowledged records, then evicts unacknowledged ones, lowest priority (highest number)
+            first and oldest first within a priority, down to the incoming priority: an equal-priority
+            newer record wins over an older one, a higher-priority one is never evicted for it. If that
+            is not enough the rest of the append is refused (see :class:`AppendResult`). Eviction
+            rewrites the affected segments in place (temp file + fsync + rename): simple and always
+            consistent on disk, and it only happens at the cap.
+        segment_bytes: a segment is closed once the next record would take it past this size.
+        durability: ``"none"`` (never fsync; survives a process crash, not a power cut), ``"batch"``
+            (one fsync per :meth:`append` call) or ``"always"`` (one fsync per record).
+        compression: how payloads are stored; each record says how it was stored, so a spool reopened
+            with another setting still reads old records.
+        clock: seconds, for rate-limiting warnings.
+        on_evict: called (outside the lock) with each evicted record, so the caller can account for
+            what was lost, e.g. count the spans in it.
+
+    Raises:
+        ValueError: a bad argument, named.
+        SpoolLockedError: the directory is already in use.
+        OSError: the directory cannot be created or locked.
+
+    After construction no method raises for damaged data or I/O failures: they are counted in
+    :attr:`stats` and logged at a limited rate. Thread-safe (one lock).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_bytes: int = 1 << 30,
+        segment_bytes: int = 16 << 20,
+        durability: Durability = "batch",
+        compression: Compression = "none",
+        clock: Callable[[], float] = time.monotonic,
+        on_evict: Callable[[SpoolEntry], None] | None = None,
+    ) -> None:
+        for name, value in (("max_bytes", max_bytes), ("segment_bytes", segment_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"spool: {name} must be an int > 0, got {value!r}")
+        if durability not in DURABILITIES:
+            raise ValueError(f"spool: durability {durability!r} is not one of {', '.join(DURABILITIES)}")
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.durability: Durability = durability
+        self.compression = check_compression(compression)
+        self._clock = clock
+        self._on_evict = on_evict
+        self._sync = durability != "none"
+        self._lock = threading.Lock()
+        self._live: OrderedDict[int, _Record] = OrderedDict()  # unacknowledged, in append order
+        self._live_bytes = [0] * len(PRIORITIES)
+        self._segments: list[_Segment] = []  # oldest first
+        self._active: _Segment | None = None
+        self._fd: int | None = None  # append handle of the active segment
+        self._cursor = 0
+        self._acked_ahead: set[int] = set()
+        self._next_seq = 0
+        self._stats = SpoolStats()
+        self._warned: dict[str, float] = {}
+        self._closed = False
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._lock_directory()
+        self._recover()
+
+    # --- public API ------------------------------------------------------------------------------
+
+    def append(self, payloads: Sequence[bytes], priority: int = 1) -> AppendResult:
+        """Store ``payloads`` in order, all with ``priority`` (0..3, 0 highest).
+
+        Returns what was stored; payloads past ``stored`` were refused (cap reached or I/O error).
+        Raises ``ValueError``/``TypeError`` only for a bad priority or a payload that is not bytes.
+        """
+        if not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITIES:
+            raise ValueError(f"spool.append: priority {priority!r} is not in 0..{len(PRIORITIES) - 1}")
+        stored: list[bytes] = []
+        for i, payload in enumerate(payloads):
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise TypeError(f"spool.append: payload {i} is {type(payload).__name__}; expected bytes")
+            data = compress(bytes(payload), self.compression)  # outside the lock: CPU, not shared state
+            if len(data) > _MAX_PAYLOAD:
+                break  # it and everything after it are refused, keeping order
+            stored.append(data)
+        flags = COMPRESSIONS.index(self.compression) | priority << 2
+        with self._lock:
+            self._check_open()
+            fit, evicted, lost, error = self._make_room([HEADER_SIZE + len(s) for s in stored], priority)
+            written, write_error = self._write(stored[:fit], flags, priority)
+            refused = len(payloads) - written
+            self._stats.appended += written
+            self._stats.refused += refused
+            if refused:
+                self._warn(
+                    "refused", "spool %s: refused %d record(s) at priority %d", self.directory, refused, priority
+                )
+        if self._on_evict is not None:  # outside the lock, so the callback may use the spool
+            for entry in lost:
+                self._on_evict(entry)
+        return AppendResult(written, refused, evicted, error or write_error)
+
+    def replay(self, limit: int | None = None) -> list[SpoolEntry]:
+        """The oldest unacknowledged records, up to ``limit``, in append order.
+
+        Records stay pending until :meth:`ack`\\ ed, so calling again without acknowledging hands out
+        the same records (the retry path). Damaged records are dropped and counted, never returned.
+        """
+        with self._lock:
+            self._check_open()
+            out, damaged = self._read_many(self._live.values(), limit)
+            for rec in damaged:
+                self._drop(rec)
+                self._stats.corrupt_records += 1
+            if damaged:
+                self._warn("corrupt", "spool %s: dropped %d damaged record(s) on replay", self.directory, len(damaged))
+                self._advance_cursor()
+            self._stats.replayed += len(out)
+        return out
+
+    def ack(self, entries: Iterable[SpoolEntry]) -> int:
+        """Mark entries delivered (any order); returns how many were newly acknowledged.
+
+        The cursor file is rewritten (durably unless durability is ``"none"``) before fully
+        acknowledged segments are deleted, so a crash at any point never resurrects acked records.
+        """
+        with self._lock:
+            self._check_open()
+            count = 0
+            for entry in entries:
+                rec = self._live.get(entry.position)
+                if rec is None:
+                    continue  # already acked, evicted, or not ours
+                self._drop(rec)
+                self._acked_ahead.add(rec.seq)
+                count += 1
+            if count:
+                self._stats.acked += count
+                self._advance_cursor()
+                self._persist_cursor()
+                self._delete_dead_segments()
+            return count
+
+    def pending_records(self) -> int:
+        """Unacknowledged records (no lock: a read of one int)."""
+        return len(self._live)
+
+    def pending_bytes(self) -> int:
+        """On-disk bytes (headers included) of unacknowledged records."""
+        return sum(self._live_bytes)
+
+    @property
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            return replace(
+                self._stats,
+                evicted_records=dict(self._stats.evicted_records),
+                bytes_on_disk=self._disk_bytes(),
+            )
+
+    def close(self) -> None:
+        """Close files and release the directory; idempotent. Pending records stay for the next open."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._close_active()
+            self._delete_dead_segments()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- opening ---------------------------------------------------------------------------------
+
+    def _lock_directory(self) -> int | None:
+        if sys.platform == "win32":
+            return None
+        path = self.directory / _LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise SpoolLockedError(f"spool {self.directory}: already open elsewhere ({path} is locked)") from exc
+        return fd
+
+    def _recover(self) -> None:
+        for tmp in self.directory.glob("*.tmp"):  # a compaction or cursor write cut short
+            tmp.unlink(missing_ok=True)
+        self._cursor, self._acked_ahead = self._read_cursor()
+        highest = max(self._acked_ahead, default=self._cursor - 1)
+        corrupt = 0
+        for path in sorted(p for p in self.directory.iterdir() if _SEGMENT_RE.fullmatch(p.name)):
+            try:
+                data = path.read_bytes()
+            except OSError as exc:  # leave it on disk for a later open; never delete what we cannot read
+                self._io_error("read", exc)
+                continue
+            seg = _Segment(path, len(data))
+            found, bad = _scan(data)
+            corrupt += bad
+            for off, size, flags, seq in found:
+                highest = max(highest, seq)
+                if seq < self._cursor or seq in self._acked_ahead or seq in self._live:
+                    continue
+                self._add(_Record(seq, seg, off, size, flags >> 2 & 3))
+            self._segments.append(seg)
+        self._next_seq = highest + 1
+        self._stats.corrupt_records += corrupt
+        if corrupt:
+            self._warn("corrupt", "spool %s: skipped %d damaged region(s) while recovering", self.directory, corrupt)
+        self._advance_cursor()
+        self._delete_dead_segments()
+
+    def _read_cursor(self) -> tuple[int, set[int]]:
+        path = self.directory / _CURSOR_FILE
+        try:
+            doc = orjson.loads(path.read_bytes())
+            if doc.get("format") != _CURSOR_FORMAT or doc.get("version") != 1:
+                raise ValueError(f"not a {_CURSOR_FORMAT} v1 document")
+            return int(doc["cursor"]), {int(s) for s in doc["acked"]}
+        except FileNotFoundError:
+            return 0, set()
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Replaying from the start re-delivers, never loses: the store is idempotent.
+            self._warn("cursor", "spool %s: ignoring unreadable %s (%s); replaying all", self.directory, path, exc)
+            return 0, set()
+
+    # --- bookkeeping -----------------------------------------------------------------------------
+
+    def _add(self, rec: _Record) -> None:
+        self._live[rec.seq] = rec
+        rec.segment.records.append(rec)
+        rec.segment.live_count += 1
+        rec.segment.live_bytes += rec.size
+        self._live_bytes[rec.priority] += rec.size
+
+    def _drop(self, rec: _Record) -> None:
+        del self._live[rec.seq]
+        rec.segment.live_count -= 1
+        rec.segment.live_bytes -= rec.size
+        self._live_bytes[rec.priority] -= rec.size
+
+    def _advance_cursor(self) -> None:
+        self._cursor = next(iter(self._live), self._next_seq)
+        if self._acked_ahead:
+            self._acked_ahead = {s for s in self._acked_ahead if s >= self._cursor}
+
+    def _disk_bytes(self) -> int:
+        return sum(seg.size for seg in self._segments)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"spool {self.directory}: used after close()")
+
+    def _warn(self, kind: str, msg: str, *args: object) -> None:
+        now = self._clock()
+        last = self._warned.get(kind)
+        if last is None or now - last >= _WARN_INTERVAL:
+            self._warned[kind] = now
+            logger.warning(msg, *args)
+
+    def _io_error(self, what: str, exc: OSError) -> None:
+        self._stats.io_errors += 1
+        self._warn(f"io-{what}", "spool %s: %s failed: %s", self.directory, what, exc)
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def _write(self, stored: list[bytes], flags: int, priority: int) -> tuple[int, str | None]:
+        """Append records, rotating segments; returns how many are durable (per ``durability``)."""
+        buf: list[bytes] = []
+        batch: list[_Record] = []
+        buffered = written = 0
+        try:
+            for data in stored:
+                size = HEADER_SIZE + len(data)
+                seg = self._active
+                if seg is None or (seg.size + buffered > 0 and seg.size + buffered + size > self.segment_bytes):
+                    written += self._flush(buf, batch, self._sync)
+                    buffered = 0
+                    seg = self._rotate()
+                rec = _Record(self._next_seq, seg, seg.size + buffered, size, priority)
+                buf.append(_encode_record(self._next_seq, flags, data))
+                batch.append(rec)
+                self._next_seq += 1
+                buffered += size
+                if self.durability == "always":
+                    written += self._flush(buf, batch, True)
+                    buffered = 0
+            written += self._flush(buf, batch, self._sync)
+        except OSError as exc:
+            self._io_error("append", exc)
+            self._close_active()  # its true size is unknown now; the next append opens a new segment
+            return written, f"spool {self.directory}: append failed: {exc}"
+        return written, None
+
+    def _flush(self, buf: list[bytes], batch: list[_Record], sync: bool) -> int:
+        if not buf or self._active is None or self._fd is None:
+            return 0
+        data = b"".join(buf)
+        _write_all(self._fd, data)
+        if sync:
+            os.fsync(self._fd)
+        self._active.size += len(data)
+        for rec in batch:
+            self._add(rec)
+        count = len(batch)
+        buf.clear()
+        batch.clear()
+        return count
+
+    def _rotate(self) -> _Segment:
+        self._close_active()
+        self._delete_dead_segments()
+        path = self.directory / f"seg-{self._next_seq:020d}.wal"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        seg = next((s for s in self._segments if s.path == path), None)
+        if seg is None:
+            seg = _Segment(path)
+            self._segments.append(seg)
+        seg.size = os.fstat(fd).st_size
+        self._active, self._fd = seg, fd
+        if self._sync:
+            _fsync_dir(self.directory)  # the new name must survive a power cut with its records
+        return seg
+
+    def _close_active(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError as exc:
+                self._io_error("close", exc)
+        if self._active is not None:
+            with contextlib.suppress(OSError):  # already gone: it is deleted or about to be
+                self._active.size = self._active.path.stat().st_size
+        self._active, self._fd = None, None
+
+    def _persist_cursor(self) -> None:
+        doc = {"format": _CURSOR_FORMAT, "version": 1, "cursor": self._cursor, "acked": sorted(self._acked_ahead)}
+        path = self.directory / _CURSOR_FILE
+        tmp = path.with_name(_CURSOR_FILE + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(orjson.dumps(doc))
+                if self._sync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+            if self._sync:
+                _fsync_dir(self.directory)
+        except OSError as exc:  # acks stay in memory; after a restart they are re-delivered, not lost
+            self._io_error("cursor write", exc)
+
+    def _delete_dead_segments(self) -> None:
+        """Delete segments with nothing pending (not the one being appended to)."""
+        for seg in [s for s in self._segments if s.live_count == 0 and s is not self._active]:
+            try:
+                seg.path.unlink(missing_ok=True)
+            except OSError as exc:
+                self._io_error("delete", exc)
+                continue
+            self._segments.remove(seg)
+
+    # --- the cap ---------------------------------------------------------------------------------
+
+    def _make_room(self, sizes: list[int], priority: int) -> tuple[int, int, list[SpoolEntry], str | None]:
+        """How many of ``sizes`` fit, after evicting what must go.
+
+        Returns ``(fit, evicted, entries for on_evict, error)``; evicted records are read (only when
+        there is an ``on_evict``) before compaction removes them.
+        """
+        free = self.max_bytes - self._disk_bytes()
+        live = sum(self._live_bytes)
+        capacity = self.max_bytes - live + sum(self._live_bytes[priority:])  # free space at best
+        fit = total = 0
+        for size in sizes:
+            if total + size > capacity:
+                break
+            total += size
+            fit += 1
+        if fit == 0 or total <= free:
+            return fit, 0, [], None
+        victims: list[_Record] = []
+        shortfall = total - (self.max_bytes - live)  # what reclaiming acked space alone cannot give
+        for p in reversed(PRIORITIES[priority:]):
+            if shortfall <= 0:
+                break
+            for rec in self._live.values():
+                if rec.priority == p:
+                    victims.append(rec)
+                    shortfall -= rec.size
+                    if shortfall <= 0:
+                        break
+        lost = self._read_many(victims)[0] if self._on_evict is not None and victims else []
+        for rec in victims:
+            self._drop(rec)
+            self._stats.evicted_records[rec.priority] += 1
+        if victims:
+            self._warn("evict", "spool %s: at its cap of %d bytes, evicting records", self.directory, self.max_bytes)
+            self._advance_cursor()
+        for seg in [s for s in self._segments if s.size > s.live_bytes]:
+            try:
+                self._rewrite(seg)
+            except OSError as exc:
+                self._io_error("compaction", exc)
+                return 0, len(victims), lost, f"spool {self.directory}: compaction failed: {exc}"
+        return fit, len(victims), lost, None
+
+    def _rewrite(self, seg: _Segment) -> None:
+        """Rewrite ``seg`` with only its pending records (or delete it if none); offsets move."""
+        keep = [r for r in seg.records if self._live.get(r.seq) is r]
+        was_active = seg is self._active
+        if was_active:
+            self._close_active()
+        if not keep:
+            seg.path.unlink(missing_ok=True)
+            self._segments.remove(seg)
+            return
+        data = seg.path.read_bytes()
+        tmp = seg.path.with_name(seg.path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            for r in keep:
+                f.write(data[r.offset : r.offset + r.size])
+            if self._sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, seg.path)
+        if self._sync:
+            _fsync_dir(self.directory)
+        offset = 0
+        for r in keep:
+            r.offset, offset = offset, offset + r.size
+        seg.records, seg.size = keep, offset
+        if was_active:
+            self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+            self._active = seg
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def _read(self, rec: _Record, files: dict[_Segment, BinaryIO]) -> SpoolEntry | None:
+        """The entry for ``rec``, or None when its bytes no longer check out."""
+        f = files.get(rec.segment)
+        if f is None:
+            f = files[rec.segment] = open(rec.segment.path, "rb")  # noqa: SIM115 - closed by replay
+        f.seek(rec.offset)
+        raw = f.read(rec.size)
+        parsed = _parse(memoryview(raw), 0)
+        if parsed is None or parsed[1] != rec.seq or parsed[2] != rec.size:
+            return None
+        try:
+            payload = decompress(raw[HEADER_SIZE:], COMPRESSIONS[parsed[0] & 3])
+        except CompressionError:
+            return None
+        return SpoolEntry(payload, rec.priority, rec.seq)
+
+    def _read_many(self, recs: Iterable[_Record], limit: int | None = None) -> tuple[list[SpoolEntry], list[_Record]]:
+        """Up to ``limit`` readable entries of ``recs``, and the damaged records met on the way.
+
+        An I/O error stops early (and is counted): the unread records stay pending for a later try.
+        """
+        out: list[SpoolEntry] = []
+        damaged: list[_Record] = []
+        files: dict[_Segment, BinaryIO] = {}
+        try:
+            for rec in recs:
+                if limit is not None and len(out) >= limit:
+                    break
+                entry = self._read(rec, files)
+                if entry is None:
+                    damaged.append(rec)
+                else:
+                    out.append(entry)
+        except OSError as exc:
+            self._io_error("read", exc)
+        finally:
+            for f in files.values():
+                f.close()
+        return out, damaged

@@ -1,0 +1,157 @@
+"""Loss accounting: counters by reason, always on.
+
+The invariant the tests pin: ``emitted == exported + pending + spilled_pending + sum(drops)`` where
+``emitted`` counts every emit call that reached a pipeline plus those refused before it (no tracer).
+Counters are bumped under one lock except on the hot path, where the only writes are
+``itertools.count`` increments (atomic in CPython) for the rare refusal reasons.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger("agentemit")
+
+
+class DropReason(str, enum.Enum):
+    """Why an event did not reach a sink. Every drop is counted under exactly one reason."""
+
+    SAMPLED_OUT = "sampled_out"
+    FILTERED = "filtered"
+    RATE_LIMITED = "rate_limited"
+    DROPPED_QUEUE_FULL = "dropped_queue_full"
+    OVERSIZE = "oversize"
+    NO_TRACER = "no_tracer"
+    SHUTDOWN = "shutdown"
+    SHED = "shed"  # adaptive sampling under CPU pressure
+    INVALID = "invalid"  # refused by a sink as malformed, or failed to build
+    SPOOL_FULL = "spool_full"  # spool at its cap evicted or refused
+
+
+class _AtomicCounter:
+    """A counter safe to bump from any thread without a lock (``next`` on itertools.count is atomic)."""
+
+    __slots__ = ("_count",)
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+
+    def incr(self) -> None:
+        next(self._count)
+
+    @property
+    def value(self) -> int:
+        # repr is "count(N)": the number of increments so far.
+        return int(repr(self._count)[6:-1])
+
+
+@dataclass
+class _Latency:
+    count: int = 0
+    total: float = 0.0
+    max: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        self.max = max(self.max, seconds)
+
+
+@dataclass
+class PipelineStats:
+    """Counters of one pipeline; snapshot with :meth:`snapshot`."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    exported: int = 0
+    spilled: int = 0  # written to the spool (not yet exported)
+    replayed: int = 0  # read back from the spool and exported
+    export_failed: int = 0  # export attempts that failed (a batch may fail then succeed)
+    batches: int = 0
+    stage_errors: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+    hot_drops: dict[str, _AtomicCounter] = field(
+        default_factory=lambda: {r.value: _AtomicCounter() for r in DropReason}
+    )
+    export_latency: _Latency = field(default_factory=_Latency)
+    redaction: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def drop(self, reason: DropReason, n: int = 1) -> None:
+        """Count a drop from the worker or another non-hot-path place."""
+        if n <= 0:
+            return
+        with self._lock:
+            self.drops[reason.value] = self.drops.get(reason.value, 0) + n
+        _loss_logger.log(reason, n)
+
+    def hot_drop(self, reason: DropReason) -> None:
+        """Count one drop on the emitting thread: lock-free."""
+        self.hot_drops[reason.value].incr()
+
+    def drop_counts(self) -> dict[str, int]:
+        with self._lock:
+            counts = dict(self.drops)
+        for reason, counter in self.hot_drops.items():
+            value = counter.value
+            if value:
+                counts[reason] = counts.get(reason, 0) + value
+        return counts
+
+    def snapshot(self, **extra: Any) -> dict[str, Any]:
+        drops = self.drop_counts()
+        with self._lock:
+            lat = self.export_latency
+            snap: dict[str, Any] = {
+                "exported": self.exported,
+                "spilled": self.spilled,
+                "replayed": self.replayed,
+                "export_failed": self.export_failed,
+                "batches": self.batches,
+                "dropped": drops,
+                "dropped_total": sum(drops.values()),
+                "export_latency_ms": {
+                    "count": lat.count,
+                    "mean": (lat.total / lat.count * 1000.0) if lat.count else 0.0,
+                    "max": lat.max * 1000.0,
+                },
+                "redaction": dict(self.redaction),
+            }
+        snap.update(extra)
+        return snap
+
+
+class RateLimitedLogger:
+    """Logs losses at most once per ``interval`` per reason, with the count since the last line."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
+
+    def log(self, reason: DropReason, n: int) -> None:
+        if reason in (DropReason.SAMPLED_OUT, DropReason.FILTERED):
+            return  # deliberate, configured drops are counted but not worth a warning
+        now = self.clock()
+        with self._lock:
+            self._pending[reason.value] = self._pending.get(reason.value, 0) + n
+            last = self._last.get(reason.value)
+            if last is not None and now - last < self.interval:
+                return
+            self._last[reason.value] = now
+            count = self._pending.pop(reason.value)
+        logger.warning("agentemit lost %d event(s): %s (see agentemit.stats())", count, reason.value)
+
+
+_loss_logger = RateLimitedLogger()

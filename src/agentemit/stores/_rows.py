@@ -1,0 +1,219 @@
+"""What every store shares: batch validation, the stored row, verification and summary assembly.
+
+One helper validates and encodes a whole batch before any backend writes a byte, so an invalid span
+refuses the batch whole in every store alike, and the row a store keeps is the same everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple, Protocol
+
+import orjson
+
+from agentemit import codec
+from agentemit.emit.readers import get_reward_value
+from agentemit.span import Span
+from agentemit.stores.base import RolloutSummary
+
+SpanKey = tuple[str, str, str]
+Problem = tuple[SpanKey, str]
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_STATUSES = frozenset(("UNSET", "OK", "ERROR"))
+_NONEMPTY_TEXT = ("rollout_id", "span_id")
+_TEXT = ("attempt_id", "trace_id", "name")
+_INTEGERS = ("sequence_id", "start_time", "end_time")
+
+
+class StoreClosedError(RuntimeError):
+    """A store was used after ``close()``."""
+
+
+class SpanRow(NamedTuple):
+    """One stored span: the queryable columns plus the exact encoded span and its checksum.
+
+    The field order is the column order of the SQL stores' ``spans`` table.
+    """
+
+    rollout_id: str
+    attempt_id: str
+    span_id: str
+    trace_id: str
+    parent_id: str | None
+    name: str
+    sequence_id: int
+    start_time: int
+    end_time: int
+    status: str
+    reward: float | None
+    checksum: str
+    data: bytes
+
+
+COLUMNS: tuple[str, ...] = SpanRow._fields
+
+
+def _describe(span: Span, index: int) -> str:
+    span_id = getattr(span, "span_id", None)
+    if isinstance(span_id, str) and span_id:
+        return f"span {span_id!r} (batch item {index})"
+    return f"span at batch item {index}"
+
+
+def _field_problem(span: Span) -> tuple[str, str] | None:
+    """The first invalid field of ``span`` and what is wrong with it, or None."""
+    for name in _NONEMPTY_TEXT:
+        value = getattr(span, name)
+        if not isinstance(value, str):
+            return name, f"is {type(value).__name__}; expected a non-empty str"
+        if not value:
+            return name, "is empty"
+        if "\x00" in value:
+            return name, "contains a NUL character"
+    for name in _TEXT:
+        value = getattr(span, name)
+        if not isinstance(value, str):
+            return name, f"is {type(value).__name__}; expected a str"
+        if "\x00" in value:
+            return name, "contains a NUL character"
+    parent = span.parent_id
+    if parent is not None and (not isinstance(parent, str) or "\x00" in parent):
+        return "parent_id", f"is {parent!r}; expected None or a str without NUL characters"
+    for name in _INTEGERS:
+        value = getattr(span, name)
+        if type(value) is not int:
+            return name, f"is {type(value).__name__}; expected an int"
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            return name, f"is {value}, outside the signed 64-bit range"
+    if span.status not in _STATUSES:
+        return "status", f"is {span.status!r}; expected one of UNSET, OK, ERROR"
+    return None
+
+
+def _reward(span: Span) -> float | None:
+    # NaN cannot be ranked and SQLite stores a NaN REAL as NULL, so a NaN reward counts as none in
+    # every backend alike; the span itself is still stored losslessly in ``data``.
+    value = get_reward_value(span)
+    return None if value is None or math.isnan(value) else value
+
+
+def build_rows(spans: Sequence[Span], backend: str) -> list[SpanRow]:
+    """Validate and encode a whole batch; raises ``ValueError`` naming the first bad span and field.
+
+    Nothing is written by the caller until this returns, so an invalid batch is never stored in part.
+    """
+    rows: list[SpanRow] = []
+    for index, span in enumerate(spans):
+        if not isinstance(span, Span):
+            raise ValueError(f"{backend} store: batch item {index} is {type(span).__name__}, not a Span")
+        problem = _field_problem(span)
+        if problem is not None:
+            raise ValueError(f"{backend} store: {_describe(span, index)}: {problem[0]} {problem[1]}")
+        try:
+            data = codec.encode_span(span)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{backend} store: {_describe(span, index)}: attributes, events or resource cannot be encoded: {exc}"
+            ) from exc
+        rows.append(
+            SpanRow(
+                span.rollout_id,
+                span.attempt_id,
+                span.span_id,
+                span.trace_id,
+                span.parent_id,
+                span.name,
+                span.sequence_id,
+                span.start_time,
+                span.end_time,
+                span.status,
+                _reward(span),
+                codec.checksum(data),
+                data,
+            )
+        )
+    return rows
+
+
+def check_page(limit: int | None, offset: int, backend: str) -> None:
+    """Refuse a negative limit or offset (SQL would read them as "no limit" or fail obscurely)."""
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise ValueError(f"{backend} store: limit {limit!r} must be None or an int >= 0")
+    if type(offset) is not int or offset < 0:
+        raise ValueError(f"{backend} store: offset {offset!r} must be an int >= 0")
+
+
+def row_problem(key: SpanKey, checksum: str, data: bytes) -> str | None:
+    """What is wrong with a stored row, or None: its checksum must match its data, and the data its key."""
+    actual = codec.checksum(data)
+    if actual != checksum:
+        return f"checksum mismatch: column says {checksum}, data hashes to {actual}"
+    try:
+        obj = orjson.loads(data)
+        stored = (obj["rollout_id"], obj["attempt_id"], obj["span_id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return f"data is not a span record: {exc!r}"
+    if stored != key:
+        return f"data holds span key {stored!r}, not the row's key"
+    return None
+
+
+def assemble_summaries(
+    heads: Iterable[tuple[str, int, int, int, float | None]],
+    attempts: Iterable[tuple[str, str]],
+    names: Iterable[tuple[str, str, int]],
+) -> list[RolloutSummary]:
+    """Build summaries from grouped query results.
+
+    ``heads``: (rollout_id, span_count, first_time, last_time, final_reward) in page order;
+    ``attempts``: (rollout_id, attempt_id) in first-appearance order; ``names``: (rollout_id, name, count).
+    """
+    by_id: dict[str, RolloutSummary] = {}
+    for rollout_id, count, first, last, reward in heads:
+        by_id[rollout_id] = RolloutSummary(
+            rollout_id=rollout_id,
+            attempt_ids=[],
+            span_count=int(count),
+            final_reward=None if reward is None else float(reward),
+            first_time=int(first),
+            last_time=int(last),
+        )
+    for rollout_id, attempt_id in attempts:
+        by_id[rollout_id].attempt_ids.append(attempt_id)
+    for rollout_id, name, count in sorted(names):
+        by_id[rollout_id].spans_by_name[name] = int(count)
+    return list(by_id.values())
+
+
+# --- fork safety -----------------------------------------------------------------------------
+
+_FORK_AWARE: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+_ABANDONED: list[object] = []  # resources a forked child must neither use nor close (the parent owns them)
+
+
+class ForkAware(Protocol):
+    def _after_fork_in_child(self) -> None: ...
+
+
+def _reset_after_fork() -> None:
+    for obj in list(_FORK_AWARE):
+        obj._after_fork_in_child()
+
+
+def register_fork_aware(obj: ForkAware) -> None:
+    """Call ``obj._after_fork_in_child()`` in a forked child, so it reopens connections lazily."""
+    _FORK_AWARE.add(obj)
+
+
+def abandon(resource: object) -> None:
+    """Keep a parent-owned resource alive in a child: closing it there would break the parent's copy."""
+    _ABANDONED.append(resource)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,0 +1,130 @@
+"""The active rollout, held in a contextvar so threads and asyncio tasks each see their own.
+
+This module is the emit hot path: :meth:`RolloutContext.emit` captures name, time, attributes and
+ids into a tuple (a *raw record*) and hands it to the pipeline. Full :class:`~agentemit.span.Span`
+records are built later, off the emitting thread (see ``pipeline/builder.py``).
+
+Raw record layout (index: meaning)::
+
+    0 kind        "message" | "reward" | "exception" | "object" | "event.<name>" | "otel"
+    1 name        span name
+    2 start_ns    3 end_ns
+    4 attributes  dict (owned by the record from now on)
+    5 trace_id    32-digit hex of the rollout's trace
+    6 span_id     int (64-bit)
+    7 parent_id   int (64-bit) or 0
+    8 sequence_id int, increasing per rollout
+    9 rollout_id  10 attempt_id
+    11 extra      None, or the OpenTelemetry ReadableSpan for kind "otel"
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from opentelemetry.context import get_current as _otel_current_context
+from opentelemetry.trace.propagation import _SPAN_KEY
+
+RawRecord = tuple[str, str, int, int, dict[str, Any], str, int, int, int, str, str, Any]
+Deliver = Callable[[RawRecord], None]
+
+_time_ns = time.time_ns
+
+
+class RolloutContext:
+    """One active ``trace_context``: rollout identity, sequence counter and where records go."""
+
+    __slots__ = (
+        "attempt_id",
+        "deliver",
+        "new_span_id",
+        "parent",
+        "records",
+        "root_otel_span",
+        "rollout_id",
+        "sampled_out",
+        "on_sampled_out",
+        "sequence",
+        "span_id",
+        "trace_hex",
+        "trace_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        rollout_id: str,
+        attempt_id: str,
+        trace_id: int,
+        span_id: int,
+        sequence: Iterator[int],
+        deliver: Deliver,
+        records: list[RawRecord] | None = None,
+        sampled_out: frozenset[str] = frozenset(),
+        on_sampled_out: Callable[[], None] = lambda: None,
+        new_span_id: Callable[[], int] | None = None,
+        root_otel_span: Any = None,
+        parent: RolloutContext | None = None,
+    ) -> None:
+        self.rollout_id = rollout_id
+        self.attempt_id = attempt_id
+        self.trace_id = trace_id
+        self.trace_hex = format(trace_id, "032x")
+        self.span_id = span_id
+        self.sequence = sequence
+        self.deliver = deliver
+        self.records = records
+        self.sampled_out = sampled_out
+        self.on_sampled_out = on_sampled_out
+        self.new_span_id = new_span_id or _random_span_id
+        self.root_otel_span = root_otel_span
+        self.parent = parent
+
+    def emit(self, kind: str, name: str, attrs: dict[str, Any]) -> None:
+        """Record one event span; the hot path. Never blocks except under the ``block`` policy."""
+        if kind in self.sampled_out:
+            self.on_sampled_out()
+            return
+        now = _time_ns()
+        parent_id = self.span_id
+        current = _otel_current_context().get(_SPAN_KEY)
+        if current is not None and current is not self.root_otel_span:
+            ctx = current.get_span_context()
+            if ctx.trace_id == self.trace_id:
+                parent_id = ctx.span_id
+        record: RawRecord = (
+            kind,
+            name,
+            now,
+            now,
+            attrs,
+            self.trace_hex,
+            self.new_span_id(),
+            parent_id,
+            next(self.sequence),
+            self.rollout_id,
+            self.attempt_id,
+            None,
+        )
+        records = self.records
+        if records is not None:
+            records.append(record)
+        self.deliver(record)
+
+
+def _random_span_id() -> int:
+    return random.getrandbits(64) or 1
+
+
+def counter(start: int = 0) -> Iterator[int]:
+    """A thread-safe increasing sequence (``next`` on itertools.count is atomic in CPython)."""
+    return itertools.count(start)
+
+
+CURRENT: ContextVar[RolloutContext | None] = ContextVar("agentemit_rollout", default=None)
+"""The rollout this thread or task is emitting into, or None."""
