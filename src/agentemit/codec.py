@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from agentemit.span import Span
+from agentemit.span import Span, has_nonfinite
 
 BATCH_FORMAT = "agentemit.batch"
 BATCH_VERSION = 1
@@ -45,8 +45,17 @@ def checksum(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _plain(span: Span) -> bool:
+    """True when orjson can write the span directly (no NaN/inf anywhere needing a tag)."""
+    if has_nonfinite(span.attributes) or has_nonfinite(span.resource):
+        return False
+    return not any(has_nonfinite(e.attributes) for e in span.events)
+
+
 def encode_span(span: Span) -> bytes:
-    """One span as JSON bytes."""
+    """One span as JSON bytes (the same document as ``dumps(span.to_dict())``, written faster)."""
+    if _plain(span):
+        return orjson.dumps(span)  # orjson writes slotted dataclasses natively, tuples as lists
     return dumps(span.to_dict())
 
 
@@ -70,7 +79,7 @@ def span_from_obj(obj: Any, path: str) -> Span:
 
 def encode_batch(spans: Sequence[Span]) -> bytes:
     """A checksummed batch document."""
-    body = dumps([s.to_dict() for s in spans])
+    body = b"[" + b",".join(encode_span(s) for s in spans) + b"]"
     header = dumps({"format": BATCH_FORMAT, "version": BATCH_VERSION, "count": len(spans), "checksum": checksum(body)})
     # Splice the pre-encoded spans array into the header object without re-encoding it.
     return header[:-1] + b',"spans":' + body + b"}"

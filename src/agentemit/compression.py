@@ -21,7 +21,7 @@ def check_compression(name: str) -> Compression:
     """Validate a compression name, with an error that lists the choices."""
     if name not in COMPRESSIONS:
         raise ValueError(f"compression {name!r} is not one of {', '.join(COMPRESSIONS)}")
-    return name  # type: ignore[return-value]
+    return name
 
 
 def compress(data: bytes, compression: Compression) -> bytes:

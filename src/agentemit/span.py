@@ -178,6 +178,21 @@ def normalize_attributes(attrs: Mapping[str, Any]) -> Attributes:
     return out
 
 
+def has_nonfinite(attrs: Mapping[str, AttributeValue]) -> bool:
+    """True when a value (or an item of a tuple value) is NaN or infinite: JSON needs tags for those."""
+    for value in attrs.values():
+        cls = type(value)
+        if cls is float:
+            if not _isfinite(value):  # type: ignore[arg-type]
+                return True
+        elif cls is tuple and any(type(v) is float and not _isfinite(v) for v in value):  # type: ignore[union-attr]
+            return True
+    return False
+
+
+_isfinite = math.isfinite
+
+
 def _encode_value(value: AttributeValue) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return {"$float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}

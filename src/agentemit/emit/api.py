@@ -65,9 +65,8 @@ def reward_attributes(reward: float | Mapping[str, float], primary_key: str | No
             raise ValueError("emit_reward: reward mapping is empty; give at least one dimension")
         if primary_key is None:
             if len(reward) != 1:
-                raise ValueError(
-                    f"emit_reward: primary_key is required with {len(reward)} dimensions ({', '.join(map(str, reward))})"
-                )
+                names = ", ".join(map(str, reward))
+                raise ValueError(f"emit_reward: primary_key is required with {len(reward)} dimensions ({names})")
             primary_key = next(iter(reward))
         if primary_key not in reward:
             raise ValueError(

@@ -2,56 +2,64 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from agentemit import semconv
-from agentemit.span import Attributes, Span, SpanEvent, StatusName, normalize_attributes
+from agentemit.span import Attributes, Span, SpanEvent
 from agentemit.tracing.context import RawRecord
 
 
-def build_span(record: RawRecord, resource: Mapping[str, Any]) -> Span:
+def build_span(record: RawRecord, resource: Attributes) -> Span:
     """One raw record (see ``tracing/context.py`` for its layout) as a Span."""
     kind = record[0]
     if kind == "otel":
-        span = Span.from_readable_span(
-            record[11], rollout_id=record[9], attempt_id=record[10], sequence_id=record[8]
-        )
+        span = Span.from_readable_span(record[11], rollout_id=record[9], attempt_id=record[10], sequence_id=record[8])
         _stamp_identity(span.attributes, span)
         return span
-    attrs: Attributes = normalize_attributes(record[4])
-    status: StatusName = "UNSET"
-    description: str | None = None
-    events: list[SpanEvent] = []
-    if kind == "exception":
-        status = "ERROR"
-        description = str(attrs.get(semconv.EXCEPTION_MESSAGE, ""))
-        events.append(
-            SpanEvent(
-                "exception",
-                record[2],
-                {k: v for k, v in attrs.items() if k.startswith("exception.")},
-            )
-        )
+    # Emitted attributes are already normalized (flatten_attributes makes tuples), and the record
+    # owns its dict, so it becomes the span's attributes without a copy.
+    attrs: Attributes = record[4]
+    rollout_id, attempt_id, sequence_id = record[9], record[10], record[8]
+    attrs[semconv.ROLLOUT_ID] = rollout_id
+    attrs[semconv.ATTEMPT_ID] = attempt_id
+    attrs[semconv.SPAN_SEQUENCE_ID] = sequence_id
     parent = record[7]
-    span = Span(
-        trace_id=record[5],
-        span_id=format(record[6], "016x"),
-        parent_id=format(parent, "016x") if parent else None,
-        name=record[1],
-        start_time=record[2],
-        end_time=record[3],
-        rollout_id=record[9],
-        attempt_id=record[10],
-        sequence_id=record[8],
-        attributes=attrs,
-        status=status,
-        status_description=description,
-        events=events,
-        resource=dict(resource),  # type: ignore[arg-type]
+    if kind != "exception":
+        return Span(
+            record[5],
+            _hex16(record[6]),
+            _hex16(parent) if parent else None,
+            record[1],
+            record[2],
+            record[3],
+            rollout_id,
+            attempt_id,
+            sequence_id,
+            attrs,
+            "UNSET",
+            None,
+            [],
+            resource,  # shared, read-only by convention: every span of a pipeline has the same resource
+        )
+    exception_attrs = {k: v for k, v in attrs.items() if k.startswith("exception.")}
+    return Span(
+        record[5],
+        _hex16(record[6]),
+        _hex16(parent) if parent else None,
+        record[1],
+        record[2],
+        record[3],
+        rollout_id,
+        attempt_id,
+        sequence_id,
+        attrs,
+        "ERROR",
+        str(attrs.get(semconv.EXCEPTION_MESSAGE, "")),
+        [SpanEvent("exception", record[2], exception_attrs)],
+        resource,
     )
-    _stamp_identity(attrs, span)
-    return span
+
+
+def _hex16(value: int) -> str:
+    return f"{value:016x}"
 
 
 def _stamp_identity(attrs: Attributes, span: Span) -> None:

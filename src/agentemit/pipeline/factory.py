@@ -48,7 +48,9 @@ def build_pipeline(
         sink = StoreSink(store)
     config = config or PipelineConfig.from_env()
     requires_rollout = store.requires_rollout if store is not None else True
-    chosen = list(stages) if stages is not None else default_stages(
-        config, requires_rollout=requires_rollout, span_filter=span_filter
+    chosen = (
+        list(stages)
+        if stages is not None
+        else default_stages(config, requires_rollout=requires_rollout, span_filter=span_filter)
     )
     return Pipeline(sink, config, stages=chosen, resource=resource, start=start)

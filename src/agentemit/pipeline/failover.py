@@ -58,9 +58,7 @@ class FailoverSink:
         if not sinks:
             raise ValueError("failover sink: needs at least one sink")
         if slow_threshold < 0 or cooldown < 0:
-            raise ValueError(
-                f"failover sink: slow_threshold {slow_threshold!r} and cooldown {cooldown!r} must be >= 0"
-            )
+            raise ValueError(f"failover sink: slow_threshold {slow_threshold!r} and cooldown {cooldown!r} must be >= 0")
         self.sinks = tuple(sinks)
         self.slow_threshold = slow_threshold
         self.cooldown = cooldown

@@ -17,12 +17,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -33,7 +35,7 @@ from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
 from agentemit.pipeline.lanes import Lanes
 from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
 from agentemit.pipeline.sink import Sink
-from agentemit.pipeline.spool import Spool, SpoolEntry
+from agentemit.pipeline.spool import Spool, SpoolEntry, SpoolLockedError
 from agentemit.pipeline.stats import DropReason, PipelineStats
 from agentemit.span import Span
 from agentemit.tracing.context import RawRecord
@@ -217,14 +219,13 @@ class Pipeline:
             self._worker = threading.Thread(target=self._run_worker, name=f"agentemit-{self.name}", daemon=True)
             self._worker.start()
         if self._spiller is None or not self._spiller.is_alive():
-            self._spiller = threading.Thread(
-                target=self._run_spiller, name=f"agentemit-{self.name}-spill", daemon=True
-            )
+            self._spiller = threading.Thread(target=self._run_spiller, name=f"agentemit-{self.name}-spill", daemon=True)
             self._spiller.start()
 
     def _run_worker(self) -> None:
         token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
+            self._recover_at_start()
             next_tick = self.clock() + self.config.flush_interval
             while True:
                 self._wake.wait(max(0.0, min(next_tick - self.clock(), self.config.flush_interval)))
@@ -241,6 +242,15 @@ class Pipeline:
             logger.exception("agentemit pipeline worker crashed; events stay in the queue")
         finally:
             otel_context.detach(token)
+
+    def _recover_at_start(self) -> None:
+        try:
+            with self._export_lock:
+                recovered = self.recover_orphaned_spools()
+            if recovered:
+                logger.warning("agentemit: delivered %d event(s) a previous process left in its spool", recovered)
+        except Exception as exc:
+            logger.warning("agentemit: spool recovery at start-up failed: %s", exc)
 
     def run_once(self, *, flush_all: bool = True) -> int:
         """Export what is queued (full batches only unless ``flush_all``); then replay the spool.
@@ -282,7 +292,7 @@ class Pipeline:
                 span = record if isinstance(record, Span) else build_span(record, self.resource)
             except Exception as exc:
                 self.stats.drop(DropReason.INVALID)
-                logger.warning("agentemit: could not build a span from a %r event: %s", record[0], exc)
+                logger.warning("agentemit: could not build a span from a raw record: %s", exc)
                 continue
             for stage in self.stages:
                 try:
@@ -339,16 +349,51 @@ class Pipeline:
 
     # --- spool ----------------------------------------------------------------------------------
 
+    def _spool_root(self) -> Path:
+        return self.config.resolved_spool_dir() / self.name
+
+    def _open_spool(self, directory: Path) -> Spool:
+        return Spool(
+            directory,
+            max_bytes=self.config.spool_max_bytes,
+            durability=self.config.durability,
+            compression=self.config.compression,
+            on_evict=self._on_evicted,
+        )
+
     def spool(self) -> Spool:
+        """This pipeline's own spool (one directory per process, locked while open)."""
         if self._spool is None:
-            directory = self.config.resolved_spool_dir() / f"{self.name}-{os.getpid()}-{self._owner.hex()[:8]}"
-            self._spool = Spool(
-                directory,
-                max_bytes=self.config.spool_max_bytes,
-                durability=self.config.durability,
-                compression=self.config.compression,
-            )
+            self._spool = self._open_spool(self._spool_root() / f"{os.getpid()}-{self._owner.hex()[:8]}")
         return self._spool
+
+    def recover_orphaned_spools(self) -> int:
+        """Deliver what dead processes left in sibling spool directories; returns spans delivered.
+
+        A directory whose lock can be taken has no live owner. Its records are replayed to the sink
+        (counted as ``recovered``) and the directory is removed once empty.
+        """
+        root = self._spool_root()
+        if not root.is_dir():
+            return 0
+        own = self._spool.directory if self._spool is not None else None
+        delivered = 0
+        for directory in sorted(p for p in root.iterdir() if p.is_dir() and p != own):
+            try:
+                orphan = Spool(directory, max_bytes=self.config.spool_max_bytes, durability=self.config.durability)
+            except SpoolLockedError:
+                continue  # a live process owns it
+            except Exception as exc:
+                logger.warning("agentemit: cannot open spool %s: %s", directory, exc)
+                continue
+            try:
+                delivered += self._replay_from(orphan, flush_all=True)
+                empty = orphan.pending_records() == 0
+            finally:
+                orphan.close()
+            if empty:
+                shutil.rmtree(directory, ignore_errors=True)
+        return delivered
 
     def _spool_built(self, spans: list[Span]) -> None:
         high = any(s.name in _HIGH_NAMES for s in spans)
@@ -403,7 +448,10 @@ class Pipeline:
                 self._taken += len(chunk)
                 self._inflight += len(chunk)
             try:
-                for priority, part in ((0, [r for r in chunk if r[0] in _HIGH]), (1, [r for r in chunk if r[0] not in _HIGH])):
+                for priority, part in (
+                    (0, [r for r in chunk if r[0] in _HIGH]),
+                    (1, [r for r in chunk if r[0] not in _HIGH]),
+                ):
                     if part:
                         payload = spill_format.encode_raw(part, self._owner, self.resource)
                         self._append_spool(payload, len(part), priority)
@@ -421,23 +469,36 @@ class Pipeline:
             return
         if not self._sink_healthy and self.clock() < self._next_probe and not flush_all:
             return
-        while True:
-            entries = self._spool.replay(limit=_REPLAY_CHUNK)
-            if not entries:
-                return
-            for entry in entries:
-                if not self._replay_entry(entry):
-                    return
-                self._spool.ack([entry])
-            if len(self.lanes) >= self._batch_size:
-                return  # fresh events first; the rest of the spool waits for the next idle moment
+        self._replay_from(self._spool, flush_all)
 
-    def _replay_entry(self, entry: SpoolEntry) -> bool:
+    def _replay_from(self, spool: Spool, flush_all: bool) -> int:
+        """Replay ``spool`` in chunks, acking each delivered chunk in one call; stops on a failure."""
+        delivered = 0
+        while True:
+            entries = spool.replay(limit=_REPLAY_CHUNK)
+            if not entries:
+                return delivered
+            done: list[SpoolEntry] = []
+            failed = False
+            for entry in entries:
+                count = self._replay_entry(entry)
+                if count is None:
+                    failed = True
+                    break
+                delivered += count
+                done.append(entry)
+            if done:
+                spool.ack(done)
+            if failed or (not flush_all and len(self.lanes) >= self._batch_size):
+                return delivered  # fresh events first; the rest waits for the next idle moment
+
+    def _replay_entry(self, entry: SpoolEntry) -> int | None:
+        """Deliver one spool record; the spans delivered, or None when the sink failed."""
         header = spill_format.read_header(entry.payload)
         if header is None:
             self.stats.drop(DropReason.INVALID)
             logger.warning("agentemit: skipped a spool record that is not an agentemit payload")
-            return True
+            return 0
         body = entry.payload[spill_format.HEADER_SIZE :]
         try:
             if header.form == b"R":
@@ -447,12 +508,10 @@ class Pipeline:
         except Exception as exc:
             self.stats.drop(DropReason.INVALID, header.count)
             logger.warning("agentemit: a spool record could not be decoded (%s); %d event(s) lost", exc, header.count)
-            return True
-        ok = self._deliver(spans, replaying=True)
-        if not ok:
-            return False
+            return 0
+        if not self._deliver(spans, replaying=True):
+            return None
         mine = header.owner == self._owner
-        built_drops = header.count - len(spans)  # filtered/invalid while building were counted already
         with self._count_lock:
             if mine:
                 self._in_spool -= header.count
@@ -460,8 +519,7 @@ class Pipeline:
                 self._recovered += header.count
         self.stats.add("exported", len(spans))
         self.stats.add("replayed", len(spans))
-        del built_drops
-        return True
+        return len(spans)
 
     # --- ticks, flush, shutdown, stats ----------------------------------------------------------
 
@@ -470,11 +528,16 @@ class Pipeline:
             was = self._shedder.shedding
             now = self._shedder.observe(self._cpu.utilisation())
             if now != was:
-                logger.warning("agentemit: CPU %s 90%%; %s low-priority events", "above" if now else "below",
-                               "shedding" if now else "no longer shedding")
+                logger.warning(
+                    "agentemit: CPU %s 90%%; %s low-priority events",
+                    "above" if now else "below",
+                    "shedding" if now else "no longer shedding",
+                )
         snap = self.stats
         if snap.batches >= 20 and snap.export_failed / snap.batches > 0.05:
-            logger.warning("agentemit: export error rate %.0f%% is above 5%%", 100.0 * snap.export_failed / snap.batches)
+            logger.warning(
+                "agentemit: export error rate %.0f%% is above 5%%", 100.0 * snap.export_failed / snap.batches
+            )
 
     def _notify_idle(self) -> None:
         with self._idle:

@@ -57,8 +57,14 @@ class StoreSink:
     def export(self, batch: Sequence[Span]) -> ExportResult:
         try:
             return ExportResult.success(self.store.add_many_spans(batch))
+        except ValueError as exc:  # the store refused the batch as invalid: sending it again cannot help
+            return ExportResult.failure(f"{type(self.store).__name__}: {exc}", retryable=False)
         except Exception as exc:  # a store failure is a result for the retry/spool layers, not a crash
-            return ExportResult.failure(f"{type(self.store).__name__}: {type(exc).__name__}: {exc}")
+            return ExportResult.failure(
+                f"{type(self.store).__name__}: {type(exc).__name__}: {exc}",
+                retryable=getattr(exc, "retryable", True),
+                retry_after=getattr(exc, "retry_after", None),
+            )
 
     def force_flush(self, timeout: float) -> bool:
         return True

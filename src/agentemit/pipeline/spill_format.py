@@ -48,7 +48,7 @@ def encode_raw(records: Sequence[RawRecord], owner: bytes, resource: Mapping[str
     rows: list[Any] = []
     for r in records:
         if r[0] == "otel":
-            rows.append(["otel", build_span(r, resource).to_dict()])
+            rows.append(["otel", build_span(r, dict(resource)).to_dict()])
         else:
             rows.append(list(r[:11]))
     return _HEADER.pack(MAGIC, b"R", owner, len(records)) + orjson.dumps(rows)

@@ -300,6 +300,7 @@ class Spool:
 
         Records stay pending until :meth:`ack`\\ ed, so calling again without acknowledging hands out
         the same records (the retry path). Damaged records are dropped and counted, never returned.
+        ``limit=None`` reads every pending payload into memory: the pipeline should pass a limit.
         """
         with self._lock:
             self._check_open()

@@ -16,7 +16,7 @@ import orjson
 
 from agentemit import codec
 from agentemit.emit.readers import get_reward_value
-from agentemit.span import Span
+from agentemit.span import Span, SpanEvent
 from agentemit.stores.base import RolloutSummary
 
 SpanKey = tuple[str, str, str]
@@ -28,6 +28,8 @@ _STATUSES = frozenset(("UNSET", "OK", "ERROR"))
 _NONEMPTY_TEXT = ("rollout_id", "span_id")
 _TEXT = ("attempt_id", "trace_id", "name")
 _INTEGERS = ("sequence_id", "start_time", "end_time")
+_SCALARS = (str, bool, int, float)
+_SCALAR_TYPES = frozenset(_SCALARS)
 
 
 class StoreClosedError(RuntimeError):
@@ -65,22 +67,39 @@ def _describe(span: Span, index: int) -> str:
     return f"span at batch item {index}"
 
 
+def _text_ok(span: Span) -> bool:
+    """Fast path: the id and name fields are strs, the key parts non-empty, none holds a NUL."""
+    rollout_id, attempt_id, span_id, trace_id, name = (
+        span.rollout_id,
+        span.attempt_id,
+        span.span_id,
+        span.trace_id,
+        span.name,
+    )
+    return (
+        type(rollout_id) is str
+        and type(attempt_id) is str
+        and type(span_id) is str
+        and type(trace_id) is str
+        and type(name) is str
+        and rollout_id != ""
+        and span_id != ""
+        and "\x00" not in f"{rollout_id}{attempt_id}{span_id}{trace_id}{name}"
+    )
+
+
 def _field_problem(span: Span) -> tuple[str, str] | None:
     """The first invalid field of ``span`` and what is wrong with it, or None."""
-    for name in _NONEMPTY_TEXT:
-        value = getattr(span, name)
-        if not isinstance(value, str):
-            return name, f"is {type(value).__name__}; expected a non-empty str"
-        if not value:
-            return name, "is empty"
-        if "\x00" in value:
-            return name, "contains a NUL character"
-    for name in _TEXT:
-        value = getattr(span, name)
-        if not isinstance(value, str):
-            return name, f"is {type(value).__name__}; expected a str"
-        if "\x00" in value:
-            return name, "contains a NUL character"
+    if not _text_ok(span):
+        for name in _NONEMPTY_TEXT + _TEXT:
+            value = getattr(span, name)
+            if not isinstance(value, str):
+                expected = "a non-empty str" if name in _NONEMPTY_TEXT else "a str"
+                return name, f"is {type(value).__name__}; expected {expected}"
+            if not value and name in _NONEMPTY_TEXT:
+                return name, "is empty"
+            if "\x00" in value:
+                return name, "contains a NUL character"
     parent = span.parent_id
     if parent is not None and (not isinstance(parent, str) or "\x00" in parent):
         return "parent_id", f"is {parent!r}; expected None or a str without NUL characters"
@@ -92,7 +111,66 @@ def _field_problem(span: Span) -> tuple[str, str] | None:
             return name, f"is {value}, outside the signed 64-bit range"
     if span.status not in _STATUSES:
         return "status", f"is {span.status!r}; expected one of UNSET, OK, ERROR"
+    if span.status_description is not None and not isinstance(span.status_description, str):
+        return "status_description", f"is {type(span.status_description).__name__}; expected None or a str"
+    return _attributes_problem(span)
+
+
+def _bad_attribute(attrs: object) -> str | None:
+    """Why ``attrs`` would not read back as it was written, or None.
+
+    Values must be OpenTelemetry attribute values (a str, bool, int or float, or a sequence of them);
+    anything else would be stored but fail to decode, or decode as something else.
+    """
+    if not isinstance(attrs, dict):
+        return f"is {type(attrs).__name__}; expected a dict"
+    for key, value in attrs.items():
+        if type(key) is not str and not isinstance(key, str):
+            return f"key {key!r} is {type(key).__name__}; expected a str"
+        kind = type(value)
+        if kind in _SCALAR_TYPES:  # exact-type fast path; subclasses take the isinstance path
+            continue
+        if kind is tuple or kind is list:
+            if _SCALAR_TYPES.issuperset(map(type, value)) or all(isinstance(item, _SCALARS) for item in value):
+                continue
+        elif isinstance(value, _SCALARS):
+            continue
+        return f"[{key!r}] is {kind.__name__}; expected a str, bool, int, float or a sequence of them"
     return None
+
+
+def _attributes_problem(span: Span) -> tuple[str, str] | None:
+    for name in ("attributes", "resource"):
+        problem = _bad_attribute(getattr(span, name))
+        if problem is not None:
+            return name, problem
+    if not isinstance(span.events, list):
+        return "events", f"is {type(span.events).__name__}; expected a list of SpanEvent"
+    for i, event in enumerate(span.events):
+        if not isinstance(event, SpanEvent):
+            return f"events[{i}]", f"is {type(event).__name__}; expected a SpanEvent"
+        if not isinstance(event.name, str) or type(event.timestamp) is not int:
+            return f"events[{i}]", "needs a str name and an int timestamp"
+        problem = _bad_attribute(event.attributes)
+        if problem is not None:
+            return f"events[{i}].attributes", problem
+    return None
+
+
+def _unencodable_field(span: Span) -> str:
+    """Name the field orjson refused (only called once encoding has failed, so speed is no concern)."""
+    for name, value in span.to_dict().items():
+        try:
+            codec.dumps(value)
+        except (TypeError, ValueError):
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    try:
+                        codec.dumps(item)
+                    except (TypeError, ValueError):
+                        return f"{name}[{key!r}]"
+            return name
+    return "span"
 
 
 def _reward(span: Span) -> float | None:
@@ -117,9 +195,9 @@ def build_rows(spans: Sequence[Span], backend: str) -> list[SpanRow]:
         try:
             data = codec.encode_span(span)
         except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"{backend} store: {_describe(span, index)}: attributes, events or resource cannot be encoded: {exc}"
-            ) from exc
+            field = _unencodable_field(span)
+            where = f"{backend} store: {_describe(span, index)}"
+            raise ValueError(f"{where}: {field} cannot be encoded as JSON: {exc}") from exc
         rows.append(
             SpanRow(
                 span.rollout_id,

@@ -93,6 +93,10 @@ class SpanStore(abc.ABC):
     def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         """One more than the highest stored sequence_id of this attempt (0 when none)."""
 
+    def verify(self) -> list[tuple[tuple[str, str, str], str]]:
+        """Re-check every stored row against its checksum: ``[(key, problem), ...]``, empty when intact."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify its rows")
+
     def close(self) -> None:
         """Release connections and files; the default has nothing to release."""
 

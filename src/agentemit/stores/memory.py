@@ -20,6 +20,7 @@ from agentemit.stores._rows import (
     assemble_summaries,
     build_rows,
     check_page,
+    register_fork_aware,
     row_problem,
 )
 from agentemit.stores.base import AttemptSelector, RolloutSummary, SpanStore
@@ -45,9 +46,13 @@ class InMemoryStore(SpanStore):
         self._lock = threading.Lock()
         self._rollouts: dict[str, dict[SpanKey, SpanRow]] = {}
         self._closed = False
+        register_fork_aware(self)
 
     def __repr__(self) -> str:
         return f"InMemoryStore(rollouts={len(self._rollouts)}, closed={self._closed})"
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a fork may have copied the lock while another thread held it
 
     def _check_open(self) -> None:
         if self._closed:
@@ -87,10 +92,11 @@ class InMemoryStore(SpanStore):
             return []
         if attempt_id == "latest":
             attempt_id = _latest_attempt(rows)
-        selected = sorted(
-            (r for r in rows if (attempt_id is None or r.attempt_id == attempt_id) and (name is None or r.name == name)),
-            key=_order,
-        )
+        if attempt_id is not None:
+            rows = [r for r in rows if r.attempt_id == attempt_id]
+        if name is not None:
+            rows = [r for r in rows if r.name == name]
+        selected = sorted(rows, key=_order)
         end = None if limit is None else offset + limit
         return [codec.decode_span(r.data) for r in selected[offset:end]]
 

@@ -145,7 +145,9 @@ class PostgresStore(SpanStore):
         if not isinstance(schema, str) or not _IDENTIFIER.fullmatch(schema):
             raise ValueError(f"postgres store: schema {schema!r} must match {_IDENTIFIER.pattern}")
         if not 0 <= min_size <= max_size or max_size < 1:
-            raise ValueError(f"postgres store: need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}")
+            raise ValueError(
+                f"postgres store: need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}"
+            )
         self.dsn = dsn
         self.schema = schema
         self.min_size = min_size
@@ -210,10 +212,11 @@ class PostgresStore(SpanStore):
             pool.open(wait=self.min_size > 0, timeout=self.timeout)
             with pool.connection() as conn:
                 self._create_schema(conn)
-        except BaseException as exc:
+        except psycopg.Error as exc:  # PoolTimeout is one: the server is unreachable or refused us
             pool.close()
-            if isinstance(exc, psycopg.Error | TimeoutError):
-                raise type(exc)(f"{self._where}: cannot open: {exc}") from exc
+            raise psycopg.OperationalError(f"{self._where}: cannot open: {exc}") from exc
+        except BaseException:
+            pool.close()
             raise
         return pool
 
@@ -269,9 +272,9 @@ class PostgresStore(SpanStore):
         offset: int = 0,
     ) -> list[Span]:
         check_page(limit, offset, "postgres")
-        parts: list[sql.Composable] = [sql.SQL("SELECT data FROM {schema}.spans WHERE rollout_id = %s").format(
-            schema=self._ident
-        )]
+        parts: list[sql.Composable] = [
+            sql.SQL("SELECT data FROM {schema}.spans WHERE rollout_id = %s").format(schema=self._ident)
+        ]
         params: list[object] = [rollout_id]
         if attempt_id == "latest":
             parts.append(sql.SQL(" AND attempt_id = ({latest})").format(latest=self._latest))
@@ -315,15 +318,15 @@ class PostgresStore(SpanStore):
             schema=self._ident
         )
         problems: list[Problem] = []
-        with self._ready_pool().connection() as conn, conn.transaction():
-            with conn.cursor(name="agentemit_verify") as cur:
-                cur.itersize = chunk_size
-                cur.execute(query)
-                for rollout_id, attempt_id, span_id, checksum, data in cur:
-                    key = (rollout_id, attempt_id, span_id)
-                    problem = row_problem(key, checksum, bytes(data))
-                    if problem is not None:
-                        problems.append((key, problem))
+        pool = self._ready_pool()
+        with pool.connection() as conn, conn.transaction(), conn.cursor(name="agentemit_verify") as cur:
+            cur.itersize = chunk_size
+            cur.execute(query)
+            for rollout_id, attempt_id, span_id, checksum, data in cur:
+                key = (rollout_id, attempt_id, span_id)
+                problem = row_problem(key, checksum, bytes(data))
+                if problem is not None:
+                    problems.append((key, problem))
         return problems
 
     def close(self) -> None:
@@ -333,4 +336,3 @@ class PostgresStore(SpanStore):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
-

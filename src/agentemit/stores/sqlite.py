@@ -57,13 +57,12 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS spans_by_sequence ON spans (rollout_id, attempt_id, sequence_id)",
 )
 
-_INSERT = (
-    f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) ON CONFLICT DO NOTHING"
-)
+_INSERT = f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) ON CONFLICT DO NOTHING"
 
 # The attempt holding the rollout's newest span (max start_time, then sequence_id, then attempt_id).
 _LATEST = (
-    "SELECT attempt_id FROM spans WHERE rollout_id = ? ORDER BY start_time DESC, sequence_id DESC, attempt_id DESC LIMIT 1"
+    "SELECT attempt_id FROM spans WHERE rollout_id = ? "
+    "ORDER BY start_time DESC, sequence_id DESC, attempt_id DESC LIMIT 1"
 )
 
 _HEADS = """

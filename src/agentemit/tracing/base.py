@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import uuid
-
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
@@ -102,4 +101,3 @@ class Tracer(abc.ABC):
         if rollout_id is None and parent is not None:
             return parent.rollout_id, attempt_id or parent.attempt_id, attempt_id not in (None, parent.attempt_id)
         return rollout_id or f"rollout-{uuid.uuid4().hex[:12]}", attempt_id or "attempt-0", True
-

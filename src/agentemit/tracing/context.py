@@ -21,6 +21,7 @@ Raw record layout (index: meaning)::
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -43,12 +44,12 @@ class RolloutContext:
         "attempt_id",
         "deliver",
         "new_span_id",
+        "on_sampled_out",
         "parent",
         "records",
-        "root_otel_span",
         "rollout_id",
+        "root_otel_span",
         "sampled_out",
-        "on_sampled_out",
         "sequence",
         "span_id",
         "trace_hex",
@@ -81,7 +82,7 @@ class RolloutContext:
         self.records = records
         self.sampled_out = sampled_out
         self.on_sampled_out = on_sampled_out
-        self.new_span_id = new_span_id or _random_span_id
+        self.new_span_id = new_span_id or _span_ids
         self.root_otel_span = root_otel_span
         self.parent = parent
 
@@ -92,7 +93,7 @@ class RolloutContext:
             return
         now = _time_ns()
         parent_id = self.span_id
-        current = _otel_current_context().get(_SPAN_KEY)
+        current: Any = _otel_current_context().get(_SPAN_KEY)
         if current is not None and current is not self.root_otel_span:
             ctx = current.get_span_context()
             if ctx.trace_id == self.trace_id:
@@ -117,8 +118,28 @@ class RolloutContext:
         self.deliver(record)
 
 
-def _random_span_id() -> int:
-    return random.getrandbits(64) or 1
+class SpanIdGenerator:
+    """64-bit span ids: a random 32-bit prefix per process plus a counter.
+
+    Ids stay unique (the prefix is random per process and re-drawn after fork) but consecutive ids
+    are adjacent, so stores insert them at one end of their primary-key B-tree instead of at random
+    places: with random ids a SQLite batch insert runs 2-4x slower (see BENCHMARKS.md).
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        prefix = (random.getrandbits(32) or 1) << 32
+        self.next_id = itertools.count(prefix + 1).__next__
+
+    def __call__(self) -> int:
+        return self.next_id()
+
+
+_span_ids = SpanIdGenerator()
 
 
 def counter(start: int = 0) -> Iterator[int]:

@@ -6,6 +6,7 @@ too, with parent/child links kept, because the context's root span is the curren
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -191,10 +192,8 @@ class OtelTracer(Tracer):
             CURRENT.reset(token)
         except ValueError:  # exited in another context (e.g. a generator closed elsewhere)
             CURRENT.set(ctx.parent)
-        try:
+        with contextlib.suppress(Exception):  # detaching in another context: never raise into the agent
             otel_context.detach(otel_token)
-        except Exception:  # detaching in another context logs in OTel; never raise into the agent
-            pass
         if owns_registration:
             _PROCESSOR.unregister(ctx)
             if ctx.records is not None:

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Span as SdkSpan
 
 from agentemit import semconv
-from agentemit.tracing.context import RolloutContext
+from agentemit.tracing.context import RawRecord, RolloutContext
 
 
 class RolloutSpanProcessor(SpanProcessor):
@@ -36,7 +36,7 @@ class RolloutSpanProcessor(SpanProcessor):
 
     def on_start(self, span: SdkSpan, parent_context: otel_context.Context | None = None) -> None:
         ctx = self._rollouts.get(span.context.trace_id)
-        if ctx is None or span.attributes and semconv.SPAN_SEQUENCE_ID in span.attributes:
+        if ctx is None or (span.attributes and semconv.SPAN_SEQUENCE_ID in span.attributes):
             return
         span.set_attributes(
             {
@@ -54,7 +54,7 @@ class RolloutSpanProcessor(SpanProcessor):
         if ctx is None or sc is None or not isinstance(seq, int):
             self.orphans += 1
             return
-        record = (
+        record: RawRecord = (
             "otel",
             span.name,
             span.start_time or 0,

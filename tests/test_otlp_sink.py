@@ -1,0 +1,257 @@
+"""OtlpHttpSink against a real OTLP receiver on loopback, and the OTLP encoding itself."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from _otlp_receiver import OtlpReceiver, attributes
+from agentemit import semconv
+from agentemit.pipeline.otlp import OtlpHttpSink, parse_retry_after, spans_to_otlp, spans_to_otlp_via_sdk
+from agentemit.span import Attributes, Span, SpanEvent
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+def make_span(i: int, *, resource: Attributes | None = None) -> Span:
+    return Span(
+        trace_id=TRACE,
+        span_id=f"{i + 1:016x}",
+        parent_id=None if i == 0 else f"{1:016x}",
+        name=semconv.SPAN_MESSAGE if i % 2 else semconv.SPAN_REWARD,
+        start_time=1_700_000_000_000_000_000 + i,
+        end_time=1_700_000_000_000_500_000 + i,
+        rollout_id="rollout-7",
+        attempt_id="attempt-2",
+        sequence_id=i,
+        attributes={
+            "text": f"span {i} ✓",
+            "count": i,
+            "ratio": i / 4,
+            "flag": i % 3 == 0,
+            "tags": ("a", "b"),
+            "numbers": (1, 2, 3),
+        },
+        status="ERROR" if i % 5 == 0 else "OK",
+        status_description="boom" if i % 5 == 0 else None,
+        events=[SpanEvent("exception", 1_700_000_000_000_100_000, {"exception.type": "ValueError"})]
+        if i % 4 == 0
+        else [],
+        resource=resource if resource is not None else {"service.name": "agent", "worker": 3},
+    )
+
+
+def make_spans(n: int) -> list[Span]:
+    return [make_span(i) for i in range(n)]
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on: bind an ephemeral port, then free it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1/traces"
+
+
+# --- encoding ----------------------------------------------------------------------------------
+
+
+def test_direct_encoding_is_identical_to_the_sdk_encoding_of_readable_spans() -> None:
+    spans = [*make_spans(12), make_span(20, resource={"service.name": "other"}), make_span(21, resource={})]
+    spans[3].attributes[semconv.ROLLOUT_ID] = "explicit-rollout"  # an explicit identity attribute wins
+    direct = spans_to_otlp(spans)
+    reference = spans_to_otlp_via_sdk(spans)
+    assert direct == reference
+    assert direct.SerializeToString(deterministic=True) == reference.SerializeToString(deterministic=True)
+    assert len(direct.resource_spans) == 3
+
+
+def test_direct_encoding_keeps_integers_beyond_64_bits_as_strings() -> None:
+    span = make_span(1)
+    span.attributes["huge"] = 2**70
+    encoded = spans_to_otlp([span]).resource_spans[0].scope_spans[0].spans[0]
+    assert attributes(encoded)["huge"] == str(2**70)
+
+
+def test_direct_encoding_refuses_a_span_whose_id_is_not_hex_and_names_it() -> None:
+    span = make_span(1)
+    span.span_id = "not-hex-at-all!!"
+    with pytest.raises(ValueError, match="not-hex-at-all"):
+        spans_to_otlp([span])
+
+
+# --- delivery ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_delivers_every_span_once_with_ids_attributes_and_rollout_identity(
+    receiver: OtlpReceiver, compression: str
+) -> None:
+    spans = make_spans(300)
+    sink = OtlpHttpSink(receiver.url, compression=compression)  # type: ignore[arg-type]
+    try:
+        first = sink.export(spans[:150])
+        second = sink.export(spans[150:])
+    finally:
+        sink.shutdown(1.0)
+    assert first.ok and second.ok and first.stored == 150 and second.stored == 150
+    assert sorted(receiver.span_ids) == sorted(s.span_id for s in spans)
+    assert [r.headers.get("content-encoding") for r in receiver.requests] == (
+        ["gzip", "gzip"] if compression == "gzip" else [None, None]
+    )
+    by_id = {s.span_id: s for s in spans}
+    for pb, resource in zip(receiver.spans, receiver.resources, strict=True):
+        original = by_id[pb.span_id.hex()]
+        attrs = attributes(pb)
+        assert attrs[semconv.ROLLOUT_ID] == "rollout-7"
+        assert attrs[semconv.ATTEMPT_ID] == "attempt-2"
+        assert attrs[semconv.SPAN_SEQUENCE_ID] == original.sequence_id
+        assert {k: attrs[k] for k in original.attributes} == original.attributes
+        assert pb.trace_id.hex() == TRACE and pb.name == original.name
+        assert (pb.parent_span_id.hex() or None) == original.parent_id
+        assert (pb.start_time_unix_nano, pb.end_time_unix_nano) == (original.start_time, original.end_time)
+        assert [e.name for e in pb.events] == [e.name for e in original.events]
+        assert resource == {"service.name": "agent", "worker": 3}
+
+
+def test_sends_configured_headers_and_protobuf_content_type(receiver: OtlpReceiver) -> None:
+    sink = OtlpHttpSink(receiver.url, headers={"Authorization": "Bearer t0k"})
+    assert sink.export(make_spans(2)).ok
+    sink.shutdown(1.0)
+    (request,) = receiver.requests
+    assert request.headers["authorization"] == "Bearer t0k"
+    assert request.headers["content-type"] == "application/x-protobuf"
+    assert request.path == "/v1/traces"
+
+
+def test_empty_batch_succeeds_without_a_request(receiver: OtlpReceiver) -> None:
+    sink = OtlpHttpSink(receiver.url)
+    assert sink.export([]).ok
+    sink.shutdown(1.0)
+    assert receiver.requests == []
+
+
+def test_records_the_response_time_of_each_export(receiver: OtlpReceiver) -> None:
+    ticks = iter([10.0, 10.25])
+    sink = OtlpHttpSink(receiver.url, clock=lambda: next(ticks))
+    assert sink.last_response_time is None
+    assert sink.export(make_spans(1)).ok
+    sink.shutdown(1.0)
+    assert sink.last_response_time == pytest.approx(0.25)
+
+
+# --- status mapping ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_throttling_and_gateway_statuses_are_retryable_with_retry_after(receiver: OtlpReceiver, status: int) -> None:
+    receiver.fail_next(1, status, retry_after="7")
+    sink = OtlpHttpSink(receiver.url)
+    result = sink.export(make_spans(3))
+    sink.shutdown(1.0)
+    assert not result.ok and result.retryable and result.retry_after == 7.0
+    assert str(status) in (result.error or "") and receiver.url in (result.error or "")
+    assert receiver.span_count == 0
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 413, 500])
+def test_other_error_statuses_are_not_retryable(receiver: OtlpReceiver, status: int) -> None:
+    receiver.fail_next(1, status)
+    sink = OtlpHttpSink(receiver.url)
+    result = sink.export(make_spans(3))
+    sink.shutdown(1.0)
+    assert not result.ok and not result.retryable and f"HTTP {status}" in (result.error or "")
+
+
+def test_partial_success_is_ok_but_reports_the_rejected_spans(receiver: OtlpReceiver) -> None:
+    receiver.reject_next_spans(2)
+    sink = OtlpHttpSink(receiver.url)
+    result = sink.export(make_spans(5))
+    sink.shutdown(1.0)
+    assert result.ok and result.stored == 3 and "rejected 2 of 5" in (result.error or "")
+
+
+def test_connection_refused_is_a_retryable_failure_not_an_exception() -> None:
+    url = closed_port_url()
+    sink = OtlpHttpSink(url, timeout=2.0)
+    result = sink.export(make_spans(2))
+    sink.shutdown(1.0)
+    assert not result.ok and result.retryable and "ConnectError" in (result.error or "")
+    assert sink.last_response_time is not None
+
+
+def test_read_timeout_is_a_retryable_failure(receiver: OtlpReceiver) -> None:
+    receiver.delay(1.0)
+    sink = OtlpHttpSink(receiver.url, timeout=0.1)
+    result = sink.export(make_spans(2))
+    sink.shutdown(1.0)
+    assert not result.ok and result.retryable and "Timeout" in (result.error or "")
+
+
+def test_unencodable_batch_is_a_non_retryable_failure_naming_the_span(receiver: OtlpReceiver) -> None:
+    span = make_span(1)
+    span.trace_id = "abc"
+    sink = OtlpHttpSink(receiver.url)
+    result = sink.export([span])
+    sink.shutdown(1.0)
+    assert not result.ok and not result.retryable and span.span_id in (result.error or "")
+
+
+def test_parse_retry_after_reads_seconds_and_http_dates() -> None:
+    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(" 1.5 ") == 1.5
+    assert parse_retry_after("Wed, 01 Jan 2025 12:00:30 GMT", now=now) == 30.0
+    assert parse_retry_after("Wed, 01 Jan 2025 11:00:00 GMT", now=now) == 0.0
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+# --- lifecycle and configuration ---------------------------------------------------------------
+
+
+def test_after_shutdown_exports_fail_without_retry_and_a_shared_client_stays_open(receiver: OtlpReceiver) -> None:
+    with httpx.Client() as client:
+        sink = OtlpHttpSink(receiver.url, client=client)
+        assert sink.force_flush(1.0)
+        sink.shutdown(1.0)
+        result = sink.export(make_spans(1))
+        assert not result.ok and not result.retryable and "shut down" in (result.error or "")
+        assert not client.is_closed
+    assert receiver.requests == []
+
+
+def test_rejects_a_non_http_endpoint_and_an_unknown_compression() -> None:
+    with pytest.raises(ValueError, match="localhost:4318"):
+        OtlpHttpSink("localhost:4318/v1/traces")
+    with pytest.raises(ValueError, match="zstd"):
+        OtlpHttpSink("http://127.0.0.1:4318/v1/traces", compression="zstd")  # type: ignore[arg-type]
+
+
+# --- receiver sanity ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", [Compression.NoCompression, Compression.Gzip])
+def test_official_otlp_exporter_delivers_to_the_test_receiver(receiver: OtlpReceiver, compression: Compression) -> None:
+    spans = make_spans(10)
+    exporter = OTLPSpanExporter(endpoint=receiver.url, compression=compression, timeout=5)
+    try:
+        assert exporter.export([s.to_readable_span() for s in spans]) == SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()  # type: ignore[no-untyped-call]
+    assert sorted(receiver.span_ids) == sorted(s.span_id for s in spans)
+    assert {attributes(pb)[semconv.ROLLOUT_ID] for pb in receiver.spans} == {"rollout-7"}
