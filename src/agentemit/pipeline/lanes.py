@@ -1,8 +1,9 @@
 """Two bounded priority lanes: rewards and exceptions ahead of bulk messages, objects and spans.
 
 Bounds are in items, derived from ``memory_threshold`` and a running estimate of bytes per record
-(measured by the worker on what it drains), so the hot path pays one ``len`` per emit, not a size
-computation. The high lane gets a fifth of the budget, so bulk traffic can never starve rewards.
+(measured by the worker on what it drains), so the hot path pays two ``len`` calls per emit, not a
+size computation. Both lanes share one budget: rewards and exceptions may fill all of it, bulk kinds
+only ``1 - HIGH_RESERVE`` of it, so a flood of messages always leaves room for rewards.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from agentemit.pipeline.builder import estimate_bytes
 from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
 from agentemit.tracing.context import RawRecord
 
-HIGH_SHARE = 0.2
+HIGH_RESERVE = 0.2
 _INITIAL_BYTES_PER_RECORD = 1024
 
 
@@ -32,14 +33,11 @@ class Lanes:
     def lane_for(self, kind: str) -> deque[RawRecord]:
         return self.high if kind in HIGH_PRIORITY_KINDS else self.low
 
-    def capacity_of(self, lane: deque[RawRecord]) -> int:
-        return self.high_capacity if lane is self.high else self.low_capacity
-
     def _resize(self) -> None:
         budget_items = int(self.config.memory_threshold / max(self.bytes_per_record, 64.0))
         total = max(2, min(self.config.max_queue_size, budget_items))
-        self.high_capacity = max(1, int(total * HIGH_SHARE))
-        self.low_capacity = max(1, total - self.high_capacity)
+        self.high_capacity = total  # limits on len(high) + len(low)
+        self.low_capacity = max(1, int(total * (1.0 - HIGH_RESERVE)))
 
     def observe(self, records: list[RawRecord]) -> None:
         """Update the bytes-per-record estimate from a drained batch (worker thread)."""

@@ -145,7 +145,7 @@ class Pipeline:
             return
         high = kind in _HIGH
         lane = self._high if high else self._low
-        if len(lane) < (self.lanes.high_capacity if high else self.lanes.low_capacity):
+        if len(self._high) + len(self._low) < (self.lanes.high_capacity if high else self.lanes.low_capacity):
             lane.append(record)
             if len(lane) == self._batch_size:
                 self._wake.set()
@@ -184,7 +184,7 @@ class Pipeline:
             lane.append(record)
         elif policy == "block":
             capacity = self.lanes.high_capacity if high else self.lanes.low_capacity
-            if self._wait_for_room(lambda: len(lane) < capacity):
+            if self._wait_for_room(lambda: len(self._high) + len(self._low) < capacity):
                 lane.append(record)
             else:
                 self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)

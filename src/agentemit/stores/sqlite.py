@@ -8,6 +8,7 @@ the file safely through WAL and ``busy_timeout``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -25,10 +26,11 @@ from agentemit.stores._rows import (
     StoreClosedError,
     abandon,
     assemble_summaries,
-    build_rows,
     check_page,
+    iter_rows,
     register_fork_aware,
     row_problem,
+    validate_batch,
 )
 from agentemit.stores.base import AttemptSelector, RolloutSummary, SpanStore
 
@@ -57,7 +59,19 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS spans_by_sequence ON spans (rollout_id, attempt_id, sequence_id)",
 )
 
-_INSERT = f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) ON CONFLICT DO NOTHING"
+_ROW_PLACEHOLDERS = f"({', '.join('?' for _ in COLUMNS)})"
+_ROWS_PER_STATEMENT = 1000  # 1000 x 13 parameters stays below SQLite's 32,766 limit
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_sql(rows: int) -> str:
+    """A multi-row INSERT: sqlite3 releases the GIL around every statement step, and under a busy
+    producer each release costs up to the interpreter's switch interval (5 ms) to get the GIL back,
+    so one statement per few hundred rows instead of one per row (executemany) is what keeps the
+    worker fast. Duplicate keys are skipped row by row (ON CONFLICT DO NOTHING)."""
+    values = ", ".join([_ROW_PLACEHOLDERS] * rows)
+    return f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES {values} ON CONFLICT DO NOTHING"
+
 
 # The attempt holding the rollout's newest span (max start_time, then sequence_id, then attempt_id).
 _LATEST = (
@@ -201,15 +215,18 @@ class SqliteStore(SpanStore):
 
     def add_many_spans(self, spans: Sequence[Span]) -> int:
         self._check_open()
-        rows = build_rows(spans, "sqlite")
+        validate_batch(spans, "sqlite")
         with self._lock:
             conn = self._connection()
-            if not rows:
+            if not spans:
                 return 0
             before = conn.total_changes
             conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(_INSERT, rows)
+            try:  # one multi-row statement per chunk; any failure rolls the whole batch back
+                for start in range(0, len(spans), _ROWS_PER_STATEMENT):
+                    chunk = spans[start : start + _ROWS_PER_STATEMENT]
+                    params = [value for row in iter_rows(chunk, "sqlite", start) for value in row]
+                    conn.execute(_insert_sql(len(chunk)), params)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
