@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import ReadableSpan
 
 from agentemit import codec, semconv
 from agentemit.codec import CodecError
@@ -54,7 +56,7 @@ def test_canonical_equality_tells_apart_what_python_equality_conflates() -> None
 # --- strategies -------------------------------------------------------------------------------
 
 HEX = "0123456789abcdef"
-TEXT = st.text(max_size=30)  # arbitrary unicode except lone surrogates (see the xfail below)
+TEXT = st.text(max_size=30)  # arbitrary unicode except lone surrogates (encode_span refuses those)
 INT64 = st.integers(-(2**63), 2**63 - 1)
 TIME = st.integers(0, 2**63 - 1)
 FLOATS = st.floats()  # includes nan, inf, -inf and -0.0
@@ -67,25 +69,23 @@ VALUES: st.SearchStrategy[AttributeValue] = st.one_of(
     st.lists(st.booleans(), max_size=4).map(tuple),
 )
 ATTRS = st.dictionaries(TEXT, VALUES, max_size=6)
+RESOURCE = st.dictionaries(st.text(min_size=1, max_size=30), VALUES, max_size=6)  # no empty keys: refused
 EVENTS = st.lists(st.builds(SpanEvent, TEXT, TIME, ATTRS), max_size=3)
 SPAN_IDS = st.text(HEX, min_size=16, max_size=16)
 
 
 @st.composite
 def spans(draw: st.DrawFn, *, otel_safe: bool = False) -> Span:
-    """Arbitrary spans; ``otel_safe`` keeps to what OpenTelemetry's SDK objects can hold (see the xfails)."""
+    """Arbitrary spans; ``otel_safe`` keeps to what OpenTelemetry's SDK objects can hold."""
     status = draw(st.sampled_from(["UNSET", "OK", "ERROR"]))
     rollout_id, attempt_id, sequence_id = draw(TEXT), draw(TEXT), draw(INT64)
     attributes = draw(ATTRS)
-    resource = draw(ATTRS)
-    description = draw(st.none() | TEXT)
-    start_time, end_time = draw(TIME), draw(TIME)
-    if otel_safe:
+    if draw(st.booleans()):  # as the pipeline's builder stamps them
         attributes.update(
             {semconv.ROLLOUT_ID: rollout_id, semconv.ATTEMPT_ID: attempt_id, semconv.SPAN_SEQUENCE_ID: sequence_id}
         )
-        resource = {k: v for k, v in resource.items() if k}
-        description = description if status == "ERROR" else None
+    start_time, end_time = draw(TIME), draw(TIME)
+    if otel_safe:
         end_time = max(end_time, start_time)  # end_time 0 reads back as "never ended": start_time
     return Span(
         trace_id=draw(st.text(HEX, min_size=32, max_size=32)),
@@ -99,9 +99,9 @@ def spans(draw: st.DrawFn, *, otel_safe: bool = False) -> Span:
         sequence_id=sequence_id,
         attributes=attributes,
         status=status,  # type: ignore[arg-type]
-        status_description=description,
+        status_description=draw(st.none() | TEXT),  # kept only with ERROR: Span drops it otherwise
         events=draw(EVENTS),
-        resource=resource,
+        resource=draw(RESOURCE),
     )
 
 
@@ -214,7 +214,7 @@ def _batch_doc(spans: list[Span]) -> dict[str, Any]:
 def test_a_wrong_version_is_refused_naming_the_version() -> None:
     doc = _batch_doc([simple_span()])
     doc["version"] = 2
-    with pytest.raises(CodecError, match=r"version 2 .*expected 1"):
+    with pytest.raises(CodecError, match=r"^\$\.version: batch version 2 .*expected 1"):
         codec.decode_batch(orjson.dumps(doc))
 
 
@@ -269,7 +269,11 @@ def test_an_unknown_attribute_tag_is_refused_naming_the_span_path() -> None:
         (b'{"format": "other", "version": 1, "spans": []}', "not an agentemit.batch document"),
         (b'{"format": "agentemit.batch", "version": 1}', r"\$\.spans: expected a list"),
         (b'{"format": "agentemit.batch", "version": 1, "spans": {}}', r"\$\.spans: expected a list"),
-        (b'{"format": "agentemit.batch", "version": 1, "spans": [5]}', r"\$\.spans\[0\]: a span must be a JSON object"),
+        (
+            b'{"format": "agentemit.batch", "version": 1, "count": 1, "checksum": "%s", "spans": [5]}'
+            % codec.checksum(b"[5]").encode(),
+            r"\$\.spans\[0\]: a span must be a JSON object",
+        ),
     ],
 )
 def test_malformed_batches_are_refused_with_a_codec_error(data: bytes, message: str) -> None:
@@ -283,109 +287,292 @@ def test_malformed_spans_are_refused_with_a_codec_error(data: bytes, message: st
         codec.decode_span(data)
 
 
-# --- known bugs in span.py / codec.py (strict xfail: they start passing when fixed) -------------
+
+@pytest.mark.parametrize("key", ["checksum", "count"])
+def test_a_batch_without_checksum_or_count_is_refused(key: str) -> None:
+    doc = _batch_doc([simple_span()])
+    del doc[key]
+    with pytest.raises(CodecError, match=rf"^\$\.{key}: missing"):
+        codec.decode_batch(orjson.dumps(doc))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codec.encode_span lets ints outside int64 through: 2**63..2**64-1 encode (OTLP cannot carry them) "
-    "and larger ones raise orjson.JSONEncodeError (a TypeError), not CodecError naming the attribute",
-)
-@pytest.mark.parametrize("number", [2**63, 2**64, -(2**63) - 1])
-def test_encode_span_refuses_an_int_outside_int64_naming_the_attribute(number: int) -> None:
+@pytest.mark.parametrize(("key", "flipped"), [("checksum", "checksun"), ("count", "coune")])
+def test_a_flipped_byte_in_a_header_key_name_does_not_turn_verification_off(key: str, flipped: str) -> None:
+    data = codec.encode_batch([simple_span(0), simple_span(1)])
+    damaged = data.replace(f'"{key}"'.encode(), f'"{flipped}"'.encode(), 1)
+    with pytest.raises(CodecError, match=rf"\$\.{key}: missing"):
+        codec.decode_batch(damaged)
+
+
+@pytest.mark.parametrize(("field", "value"), [("checksum", 5), ("count", "2"), ("count", True)])
+def test_a_checksum_or_count_of_the_wrong_type_is_refused(field: str, value: Any) -> None:
+    doc = _batch_doc([simple_span()])
+    doc[field] = value
+    with pytest.raises(CodecError, match=rf"^\$\.{field}: is "):
+        codec.decode_batch(orjson.dumps(doc))
+
+
+def test_a_version_of_true_is_not_taken_for_version_1() -> None:
+    doc = _batch_doc([simple_span()])
+    doc["version"] = True
+    with pytest.raises(CodecError, match=r"^\$\.version: "):
+        codec.decode_batch(orjson.dumps(doc))
+
+
+# --- encoding refuses what decoding would refuse ----------------------------------------------
+
+
+@pytest.mark.parametrize("number", [2**63, 2**64 - 1, 2**64, 2**70, -(2**63) - 1, -(2**70)])
+@pytest.mark.parametrize("place", ["scalar", "tuple", "event", "resource"])
+def test_encode_span_refuses_an_int_outside_int64_naming_the_attribute(number: int, place: str) -> None:
+    span = {
+        "scalar": simple_span(attributes={"big": number}),
+        "tuple": simple_span(attributes={"big": (1, number)}),
+        "event": simple_span(events=[SpanEvent("e", 1, {"big": number})]),
+        "resource": simple_span(resource={"big": number}),
+    }[place]
+    with pytest.raises(CodecError, match=r"\['big'\].*outside the signed 64-bit range"):
+        codec.encode_span(span)
     with pytest.raises(CodecError, match="'big'"):
-        codec.encode_span(simple_span(attributes={"big": number}))
+        codec.encode_batch([simple_span(1), span])
 
 
-@pytest.mark.xfail(
-    strict=True, reason="orjson.loads turns a JSON integer beyond 64 bits into a float; decode_span accepts it silently"
+@pytest.mark.parametrize("field", ["start_time", "end_time", "sequence_id"])
+@pytest.mark.parametrize("number", [2**63, 2**64 + 1, -(2**63) - 1])
+def test_encode_span_refuses_an_integer_field_outside_int64_naming_the_field(field: str, number: int) -> None:
+    with pytest.raises(CodecError, match=rf"{field}: {number} is outside"):
+        codec.encode_span(simple_span(**{field: number}))
+
+
+def test_encode_span_refuses_an_event_timestamp_outside_int64_naming_the_event() -> None:
+    with pytest.raises(CodecError, match=r"events\[0\]\.timestamp"):
+        codec.encode_span(simple_span(events=[SpanEvent("e", 2**63)]))
+
+
+def test_encode_span_still_tags_non_finite_floats_next_to_int64_extremes() -> None:
+    span = simple_span(attributes={"nan": math.nan, "max": 2**63 - 1, "min": -(2**63)})
+    assert_identical(codec.decode_span(codec.encode_span(span)), span)
+
+
+@pytest.mark.parametrize(
+    ("changes", "path"),
+    [
+        ({"attributes": {"path": "caf\udce9"}}, r"attributes\['path'\]"),
+        ({"attributes": {"paths": ("ok", "caf\udce9")}}, r"attributes\['paths'\]\[1\]"),
+        ({"attributes": {"caf\udce9": 1}}, r"attributes: key 'caf\\udce9'"),
+        ({"resource": {"path": "\ud800"}}, r"resource\['path'\]"),
+        ({"events": [SpanEvent("e", 1, {"path": "\udfff"})]}, r"events\[0\]\.attributes\['path'\]"),
+        ({"name": "caf\udce9"}, "name: "),
+        ({"status": "ERROR", "status_description": "caf\udce9"}, "status_description: "),
+    ],
 )
-def test_decode_span_refuses_a_json_integer_beyond_int64() -> None:
-    data = codec.encode_span(simple_span(attributes={"big": 1})).replace(b'"big":1', b'"big":1180591620717411303424')
-    with pytest.raises(CodecError, match="big"):
+def test_encode_span_with_a_lone_surrogate_raises_codec_error_naming_the_culprit(
+    changes: dict[str, Any], path: str
+) -> None:
+    span = simple_span(**changes)
+    with pytest.raises(CodecError, match=rf"{path}.*lone surrogate"):
+        codec.encode_span(span)
+    nonfinite = dataclasses.replace(span, attributes={**span.attributes, "nan": math.nan})  # the tagging path
+    with pytest.raises(CodecError, match=rf"{path}.*lone surrogate"):
+        codec.encode_span(nonfinite)
+
+
+@pytest.mark.parametrize("bad", [None, ((1,), (2,)), {"a": 1}, b"bytes"])
+def test_encode_span_refuses_a_value_that_is_not_an_attribute_value(bad: Any) -> None:
+    with pytest.raises(CodecError, match=r"attributes\['x'\].* is not an attribute value"):
+        codec.encode_span(simple_span(attributes={"x": bad}))
+
+
+def test_encode_span_refuses_an_empty_resource_key() -> None:
+    with pytest.raises(CodecError, match=r"resource\[''\]: an empty key"):
+        codec.encode_span(simple_span(resource={"": "unnamed"}))
+
+
+def test_an_empty_attribute_key_is_fine() -> None:
+    span = simple_span(attributes={"": "unnamed"}, events=[SpanEvent("e", 1, {"": 1})])
+    assert_identical(codec.decode_span(codec.encode_span(span)), span)
+
+
+def test_a_list_attribute_value_is_encoded_as_an_array_and_reads_back_as_a_tuple() -> None:
+    span = simple_span(attributes={"ids": [1, 2]})  # type: ignore[dict-item]
+    assert codec.decode_span(codec.encode_span(span)).attributes == {"ids": (1, 2)}
+
+
+WIDE_INTS = st.one_of(st.integers(), st.integers(2**62, 2**66), st.integers(-(2**66), -(2**62)))
+
+
+@PROPERTY
+@given(
+    st.dictionaries(
+        st.text(st.characters(exclude_categories=()), max_size=4),  # lone surrogates included
+        st.one_of(WIDE_INTS, st.text(st.characters(exclude_categories=()), max_size=4), FLOATS, st.booleans()),
+        max_size=4,
+    )
+)
+def test_encode_span_either_refuses_with_codec_error_or_decodes_to_the_same_span(
+    attributes: dict[str, AttributeValue],
+) -> None:
+    span = simple_span(attributes=attributes)
+    try:
+        data = codec.encode_span(span)
+    except CodecError:
+        return
+    assert_identical(codec.decode_span(data), span)
+
+
+# --- decoding refuses what a span cannot hold -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [b"1180591620717411303424", b"18446744073709551616", b"-9223372036854775809", b"9223372036854775808"],
+)
+def test_decode_span_refuses_a_json_integer_beyond_int64_naming_the_attribute(literal: bytes) -> None:
+    data = codec.encode_span(simple_span(attributes={"big": 1})).replace(b'"big":1', b'"big":' + literal)
+    with pytest.raises(CodecError, match=r"\$: attributes\['big'\]: .*outside the signed 64-bit range"):
         codec.decode_span(data)
+    with pytest.raises(CodecError, match=r"attributes\['big'\]"):
+        codec.decode_span(data.decode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lone surrogate in a str (e.g. from surrogateescape) makes orjson raise JSONEncodeError (TypeError) "
-    "out of encode_span/encode_batch instead of a CodecError naming the attribute",
-)
-def test_encode_span_with_a_lone_surrogate_raises_codec_error_naming_the_attribute() -> None:
-    with pytest.raises(CodecError, match="'path'"):
-        codec.encode_span(simple_span(attributes={"path": "caf\udce9"}))
+def test_decode_span_refuses_a_wide_integer_inside_an_array_and_in_a_field() -> None:
+    data = codec.encode_span(simple_span(attributes={"big": (1, 2)}))
+    with pytest.raises(CodecError, match=r"attributes\['big'\]\[1\]"):
+        codec.decode_span(data.replace(b'"big":[1,2]', b'"big":[1,200000000000000000000]'))
+    with pytest.raises(CodecError, match=r"\$: sequence_id: "):
+        codec.decode_span(data.replace(b'"sequence_id":0', b'"sequence_id":200000000000000000000'))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Span.from_dict calls .items() on attributes/resource/event attributes without checking they are "
-    "objects; the AttributeError is not among the exceptions span_from_obj turns into CodecError",
-)
+def test_decode_batch_refuses_a_json_integer_beyond_int64_naming_the_span_and_attribute() -> None:
+    spans_obj = [simple_span(0).to_dict(), simple_span(1, attributes={"big": 7}).to_dict()]
+    body = codec.dumps(spans_obj).replace(b'"big":7', b'"big":1180591620717411303424')
+    # A checksum over what orjson re-encodes (the float it reads) so that only the int check can tell.
+    digest = codec.checksum(codec.dumps(orjson.loads(body)))
+    data = b'{"format":"agentemit.batch","version":1,"count":2,"checksum":"%s","spans":%s}' % (digest.encode(), body)
+    with pytest.raises(CodecError, match=r"\$\.spans\[1\]: attributes\['big'\]: 1180591620717411303424 is outside"):
+        codec.decode_batch(data)
+
+
+def test_long_digit_runs_inside_strings_decode_normally() -> None:
+    span = simple_span(attributes={"digits": "1" * 40, "negative": "-" + "9" * 30, "float": 1e300})
+    assert_identical(codec.decode_span(codec.encode_span(span)), span)
+    assert_identical(codec.decode_batch(codec.encode_batch([span])), [span])
+
+
 @pytest.mark.parametrize("field", ["attributes", "resource"])
-def test_attributes_that_are_not_an_object_are_refused_with_a_codec_error(field: str) -> None:
-    with pytest.raises(CodecError, match=rf"\$\.spans\[0\]: .*{field}"):
-        codec.decode_batch(_doc_with_span_fields(0, {field: ["not", "an", "object"]}))
+@pytest.mark.parametrize("value", [["not", "an", "object"], None, "text"])
+def test_attributes_that_are_not_an_object_are_refused_with_a_codec_error(field: str, value: Any) -> None:
+    with pytest.raises(CodecError, match=rf"\$\.spans\[0\]: {field}: expected an object"):
+        codec.decode_batch(_doc_with_span_fields(0, {field: value}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Span.from_dict accepts null and nested arrays as attribute values, so a decoded span can hold "
-    "values no Span may hold (and that OpenTelemetry exporters drop or reject)",
+@pytest.mark.parametrize(
+    ("bad", "path"),
+    [(None, ": null"), ([[1], [2]], r"\[0\]: array \[1\]"), ([1, None], r"\[1\]: null"), ({}, ": object {}")],
 )
-@pytest.mark.parametrize("bad", [None, [[1], [2]]])
-def test_attribute_values_that_are_not_attribute_values_are_refused(bad: Any) -> None:
-    with pytest.raises(CodecError, match=r"\$\.spans\[0\]: .*'x'"):
+def test_attribute_values_that_are_not_attribute_values_are_refused(bad: Any, path: str) -> None:
+    with pytest.raises(CodecError, match=rf"\$\.spans\[0\]: attributes\['x'\]{path} is not an attribute value"):
         codec.decode_batch(_doc_with_span_fields(0, {"attributes": {"x": bad}}))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Span.from_dict does not validate status; to_readable_span later fails with KeyError"
-)
-def test_an_unknown_status_is_refused_naming_the_span_path() -> None:
-    with pytest.raises(CodecError, match=r"\$\.spans\[0\]: .*status"):
-        codec.decode_batch(_doc_with_span_fields(0, {"status": "BROKEN"}))
+def test_an_empty_resource_key_is_refused_when_decoding() -> None:
+    with pytest.raises(CodecError, match=r"\$\.spans\[0\]: resource\[''\]: an empty key"):
+        codec.decode_batch(_doc_with_span_fields(0, {"resource": {"": "x"}}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a missing event field raises 'span record is missing field ...' with no events[i] path, so it "
-    "reads as if the span itself lacked the field",
+@pytest.mark.parametrize("status", ["BROKEN", "ok", None, 1])
+def test_an_unknown_status_is_refused_naming_the_span_path(status: Any) -> None:
+    with pytest.raises(CodecError, match=r"\$\.spans\[0\]: status: .* is not one of UNSET, OK, ERROR"):
+        codec.decode_batch(_doc_with_span_fields(0, {"status": status}))
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ({"name": "e", "attributes": {}}, r"events\[0\] is missing field 'timestamp'"),
+        ({"timestamp": 1}, r"events\[0\] is missing field 'name'"),
+        ({"name": "e", "timestamp": "now"}, r"events\[0\]\.timestamp: expected an int, got str"),
+        ({"name": "e", "timestamp": 1, "attributes": {"k": None}}, r"events\[0\]\.attributes\['k'\]: null"),
+        ("not an event", r"events\[0\]: expected an object, got str"),
+    ],
 )
-def test_a_missing_event_field_names_the_event_path() -> None:
-    event = {"name": "e", "attributes": {}}  # no timestamp
-    with pytest.raises(CodecError, match=r"events\[0\]"):
+def test_a_bad_event_is_refused_naming_the_event_path(event: Any, message: str) -> None:
+    with pytest.raises(CodecError, match=rf"\$\.spans\[0\]: {message}"):
         codec.decode_batch(_doc_with_span_fields(0, {"events": [event]}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="to_readable_span adds the rollout identity attributes (setdefault) and from_readable_span keeps "
-    "them, so a span without them comes back with three more attributes",
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"start_time": True}, "start_time: expected an int, got bool"),
+        ({"start_time": 1.5}, "start_time: expected an int, got float"),
+        ({"trace_id": 7}, "trace_id: expected a str, got int"),
+        ({"parent_id": 7}, "parent_id: expected a str or null, got int"),
+        ({"status_description": ["x"]}, "status_description: expected a str or null, got array"),
+        ({"events": {}}, "events: expected an array, got object"),
+    ],
 )
+def test_a_field_of_the_wrong_type_is_refused_not_coerced(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(CodecError, match=rf"\$\.spans\[0\]: {re.escape(message)}"):
+        codec.decode_batch(_doc_with_span_fields(0, change))
+
+
+def test_optional_fields_may_be_absent() -> None:
+    data = {k: v for k, v in simple_span().to_dict().items() if k not in ("attributes", "events", "resource")}
+    del data["status"], data["status_description"]
+    assert_identical(Span.from_dict(data), simple_span(attributes={}))
+
+
+# --- status description and the OpenTelemetry round trip ------------------------------------
+
+
+@pytest.mark.parametrize("status", ["OK", "UNSET"])
+def test_a_span_keeps_a_status_description_only_with_error(status: str) -> None:
+    span = simple_span(status=status, status_description="fine")
+    assert span.status_description is None
+    assert Span.from_dict({**span.to_dict(), "status_description": "fine"}).status_description is None
+    assert simple_span(status="ERROR", status_description="boom").status_description == "boom"
+
+
+def test_readable_round_trip_keeps_the_description_of_an_error_and_nothing_else() -> None:
+    for span in (simple_span(status="OK", status_description="fine"), simple_span(status="ERROR", status_description="")):
+        assert_identical(Span.from_readable_span(span.to_readable_span()), span)
+
+
 def test_readable_round_trip_does_not_add_identity_attributes() -> None:
     span = simple_span()
-    assert_identical(Span.from_readable_span(span.to_readable_span()), span)
+    readable = span.to_readable_span()
+    assert readable.attributes is not None
+    assert readable.attributes[semconv.ROLLOUT_ID] == "ro-1"  # OpenTelemetry readers find it there
+    assert readable.attributes[semconv.SPAN_SEQUENCE_ID] == 0
+    assert_identical(Span.from_readable_span(readable), span)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OpenTelemetry's Status drops a description unless the code is ERROR, and Span allows one with "
-    "OK/UNSET, so the readable round trip loses it",
-)
-def test_readable_round_trip_keeps_a_description_on_an_ok_status() -> None:
-    span = simple_span(status="OK", status_description="fine")
-    assert_identical(Span.from_readable_span(span.to_readable_span()), span)
+def test_readable_round_trip_keeps_identity_attributes_that_disagree_with_the_fields() -> None:
+    span = simple_span(attributes={semconv.ROLLOUT_ID: "explicit"})
+    readable = span.to_readable_span()
+    assert readable.attributes is not None and readable.attributes[semconv.ROLLOUT_ID] == "explicit"
+    assert_identical(Span.from_readable_span(readable), span)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OpenTelemetry's Resource drops attributes with an empty key (logging a warning); Span allows them",
-)
-def test_readable_round_trip_keeps_resource_attributes_with_an_empty_key() -> None:
-    identity: dict[str, AttributeValue] = {
-        semconv.ROLLOUT_ID: "ro-1",
-        semconv.ATTEMPT_ID: "at-1",
-        semconv.SPAN_SEQUENCE_ID: 0,
-    }
-    span = simple_span(attributes=identity, resource={"": "unnamed"})
-    assert_identical(Span.from_readable_span(span.to_readable_span()), span)
+def test_explicit_identity_arguments_win_over_the_source_span() -> None:
+    back = Span.from_readable_span(simple_span().to_readable_span(), rollout_id="r2", attempt_id="a2", sequence_id=9)
+    assert (back.rollout_id, back.attempt_id, back.sequence_id) == ("r2", "a2", 9)
+    assert semconv.ROLLOUT_ID not in back.attributes
+
+
+def test_an_sdk_span_keeps_its_identity_attributes_and_takes_identity_from_them() -> None:
+    converted = simple_span().to_readable_span()
+    plain = ReadableSpan(
+        name="third-party",
+        context=converted.get_span_context(),
+        attributes=dict(converted.attributes or {}),
+    )
+    back = Span.from_readable_span(plain)
+    assert (back.rollout_id, back.attempt_id, back.sequence_id) == ("ro-1", "at-1", 0)
+    assert back.attributes[semconv.ROLLOUT_ID] == "ro-1"
+
+
+def test_to_readable_span_refuses_an_empty_resource_key_that_opentelemetry_would_drop() -> None:
+    with pytest.raises(ValueError, match=r"span '0000000000000001': resource\[''\]"):
+        simple_span(resource={"": "unnamed"}).to_readable_span()

@@ -10,6 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from agentemit.emit.api import emit_exception, emit_message, emit_object, emit_reward
+from agentemit.emit.events import (
+    Event,
+    EventType,
+    EventValidationError,
+    EventVersionError,
+    create_event,
+    emit_event,
+    get_event,
+    get_supported_types,
+    register_event_type,
+)
 from agentemit.emit.readers import (
     find_final_reward,
     find_reward_spans,
@@ -22,7 +33,10 @@ from agentemit.emit.readers import (
 from agentemit.emit.reward import reward
 from agentemit.pipeline.config import ConfigError, PipelineConfig
 from agentemit.pipeline.pipeline import FlushReport, Pipeline
+from agentemit.pipeline.redact import Redactor
+from agentemit.pipeline.stats import DropReason
 from agentemit.span import Span, SpanEvent
+from agentemit.stores import InMemoryStore, SqliteStore, open_store
 from agentemit.stores.base import RolloutSummary, SpanStore
 from agentemit.tracing.base import Tracer
 from agentemit.tracing.otel import OtelTracer
@@ -43,27 +57,41 @@ def stats() -> dict[str, Any]:
 
 __all__ = [
     "ConfigError",
+    "DropReason",
+    "Event",
+    "EventType",
+    "EventValidationError",
+    "EventVersionError",
     "FlushReport",
+    "InMemoryStore",
     "OtelTracer",
     "Pipeline",
     "PipelineConfig",
+    "Redactor",
     "RolloutSummary",
     "Span",
     "SpanEvent",
     "SpanStore",
+    "SqliteStore",
     "Tracer",
     "__version__",
+    "create_event",
+    "emit_event",
     "emit_exception",
     "emit_message",
     "emit_object",
     "emit_reward",
     "find_final_reward",
     "find_reward_spans",
+    "get_event",
     "get_message_value",
     "get_object_value",
     "get_reward_value",
     "get_rewards",
+    "get_supported_types",
     "is_reward_span",
+    "open_store",
+    "register_event_type",
     "reward",
     "stats",
 ]

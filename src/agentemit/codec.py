@@ -6,25 +6,33 @@ A batch on the wire or on disk is JSON (orjson)::
      "spans": [<Span.to_dict()>, ...]}
 
 The checksum covers the exact bytes of the ``spans`` array so a receiver can verify a batch before it
-stores any of it: a damaged batch is refused whole, never stored in part.
+stores any of it: a damaged batch is refused whole, never stored in part. ``checksum`` and ``count``
+are required: a batch without them (say, a flipped byte in a key name) is refused, not trusted.
+
+What :func:`encode_span` writes, :func:`decode_span` reads back as the same span. So encoding refuses,
+with a :class:`CodecError` naming the culprit, the values a span can hold but decoding refuses: ints
+outside the signed 64-bit range (OTLP cannot carry them), strings holding lone surrogates (they are
+not UTF-8), attribute values that are not attribute values, and an empty resource key.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import orjson
 
-from agentemit.span import Span, has_nonfinite
+from agentemit.span import INT64_MAX, INT64_MIN, Span
 
 BATCH_FORMAT = "agentemit.batch"
 BATCH_VERSION = 1
 
 
 class CodecError(ValueError):
-    """Bytes that are not a valid span or batch; the message names what is wrong."""
+    """Bytes that are not a valid span or batch, or a span that cannot be encoded; the message names what."""
 
 
 def dumps(obj: Any) -> bytes:
@@ -45,25 +53,191 @@ def checksum(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _plain(span: Span) -> bool:
-    """True when orjson can write the span directly (no NaN/inf anywhere needing a tag)."""
-    if has_nonfinite(span.attributes) or has_nonfinite(span.resource):
+# --- encoding -----------------------------------------------------------------------------------
+
+_isfinite = math.isfinite
+
+
+def _plain(attrs: Mapping[str, Any]) -> bool:
+    """True when orjson may write ``attrs`` as they are: no value needs a NaN/infinity tag, no int is
+    above ``INT64_MAX`` (orjson would write it as a uint64), no value has an unexpected type.
+
+    Ints below ``INT64_MIN`` or beyond 64 bits and lone surrogates need no check here: orjson raises
+    for them, and :func:`encode_span` then names the culprit.
+    """
+    for value in attrs.values():
+        cls = type(value)
+        if cls is str or cls is bool:
+            continue
+        if cls is float:
+            if not _isfinite(value):
+                return False
+        elif cls is int:
+            if value > INT64_MAX:
+                return False
+        elif cls is tuple:
+            for item in value:
+                kind = type(item)
+                if kind is str or kind is bool:
+                    continue
+                if kind is float:
+                    if not _isfinite(item):
+                        return False
+                elif kind is not int or item > INT64_MAX:
+                    return False
+        else:
+            return False
+    return True
+
+
+def _plain_span(span: Span) -> bool:
+    """True when orjson may write the whole span directly (see :func:`_plain`)."""
+    if span.start_time > INT64_MAX or span.end_time > INT64_MAX or span.sequence_id > INT64_MAX:
         return False
-    return not any(has_nonfinite(e.attributes) for e in span.events)
+    if not _plain(span.attributes) or "" in span.resource or not _plain(span.resource):
+        return False
+    for event in span.events:
+        if event.timestamp > INT64_MAX or not _plain(event.attributes):
+            return False
+    return True
 
 
 def encode_span(span: Span) -> bytes:
-    """One span as JSON bytes (the same document as ``dumps(span.to_dict())``, written faster)."""
-    if _plain(span):
-        return orjson.dumps(span)  # orjson writes slotted dataclasses natively, tuples as lists
-    return dumps(span.to_dict())
+    """One span as JSON bytes (the same document as ``dumps(span.to_dict())``, written faster).
+
+    Raises:
+        CodecError: a value decoding would refuse (see the module docstring), named by its path.
+    """
+    try:
+        plain = _plain_span(span)
+    except TypeError:  # a field of the wrong type (say, a str sequence_id): the careful path names it
+        plain = False
+    if plain:
+        try:
+            return orjson.dumps(span)  # orjson writes slotted dataclasses natively, tuples as lists
+        except orjson.JSONEncodeError as exc:
+            raise _unencodable(span, exc) from exc
+    problem = _span_problem(span)
+    if problem is not None:
+        raise CodecError(f"span {span.span_id!r}: {problem}")
+    try:
+        return dumps(span.to_dict())
+    except orjson.JSONEncodeError as exc:
+        raise _unencodable(span, exc) from exc
+
+
+def _unencodable(span: Span, exc: Exception) -> CodecError:
+    return CodecError(f"span {span.span_id!r}: {_span_problem(span) or f'cannot be encoded as JSON: {exc}'}")
+
+
+def _span_problem(span: Span) -> str | None:
+    """The first value of ``span`` that decoding would refuse, by path (error path only: not fast)."""
+    for name in ("start_time", "end_time", "sequence_id"):
+        problem = _int_problem(getattr(span, name))
+        if problem is not None:
+            return f"{name}: {problem}"
+    for name in ("trace_id", "span_id", "parent_id", "name", "rollout_id", "attempt_id", "status_description"):
+        value = getattr(span, name)
+        if isinstance(value, str) and not _is_utf8(value):
+            return f"{name}: {_surrogate(value)}"
+    problem = _attributes_problem(span.attributes, "attributes", empty_keys=True)
+    if problem is None:
+        problem = _attributes_problem(span.resource, "resource", empty_keys=False)
+    if problem is not None:
+        return problem
+    for i, event in enumerate(span.events):
+        where = f"events[{i}]"
+        if isinstance(event.name, str) and not _is_utf8(event.name):
+            return f"{where}.name: {_surrogate(event.name)}"
+        problem = _int_problem(event.timestamp)
+        if problem is not None:
+            return f"{where}.timestamp: {problem}"
+        problem = _attributes_problem(event.attributes, f"{where}.attributes", empty_keys=True)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _attributes_problem(attrs: Mapping[Any, Any], where: str, *, empty_keys: bool) -> str | None:
+    for key, value in attrs.items():
+        if not isinstance(key, str):
+            return f"{where}: key {key!r} is {type(key).__name__}; expected a str"
+        if not _is_utf8(key):
+            return f"{where}: key {key!r}: {_surrogate(key)}"
+        if not key and not empty_keys:
+            return f"{where}['']: an empty key is not allowed here"
+        if isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                problem = _scalar_problem(item)
+                if problem is not None:
+                    return f"{where}[{key!r}][{i}]: {problem}"
+        else:
+            problem = _scalar_problem(value)
+            if problem is not None:
+                return f"{where}[{key!r}]: {problem}"
+    return None
+
+
+def _scalar_problem(value: object) -> str | None:
+    if isinstance(value, str):
+        return None if _is_utf8(value) else _surrogate(value)
+    if isinstance(value, (bool, float)):
+        return None
+    if isinstance(value, int):
+        return _int_problem(value)
+    return f"{type(value).__name__} {value!r} is not an attribute value (a str, bool, int, float or a tuple of them)"
+
+
+def _int_problem(value: object) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"is {type(value).__name__}; expected an int"
+    if not INT64_MIN <= value <= INT64_MAX:
+        return f"{value} is outside the signed 64-bit range"
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogate(text: str) -> str:
+    return f"{text!r} holds a lone surrogate, which is not valid UTF-8"
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+# orjson reads an integer literal beyond 64 bits as a float, silently. Such a literal has at least 20
+# digits (19 after a minus sign); this table turns digits into "0", "-" into itself and every other
+# byte into a space, so two substring searches find every candidate (and, rarely, harmless others).
+_DIGITS_ONLY: Final = bytes(48 if 48 <= b <= 57 else 45 if b == 45 else 32 for b in range(256))
+_WIDE_POSITIVE: Final = b"0" * 20
+_WIDE_NEGATIVE: Final = b"-" + b"0" * 19
+
+
+def _may_hold_wide_int(data: bytes | str) -> bool:
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    digits = raw.translate(_DIGITS_ONLY)
+    return _WIDE_POSITIVE in digits or _WIDE_NEGATIVE in digits
+
+
+def _loads_exact(data: bytes | str) -> Any:
+    """Decode with exact ints (stdlib ``json``), for the rare document that may hold a wide int."""
+    return json.loads(data)
 
 
 def decode_span(data: bytes | str) -> Span:
-    """Inverse of :func:`encode_span`."""
+    """Inverse of :func:`encode_span`; raises :class:`CodecError` naming the path of what is wrong."""
     obj = loads(data)
     if not isinstance(obj, dict):
         raise CodecError(f"a span must be a JSON object, got {type(obj).__name__}")
+    if _may_hold_wide_int(data):
+        obj = _loads_exact(data)  # so an int beyond 64 bits is refused by name, not read as a float
     return span_from_obj(obj, "$")
 
 
@@ -73,12 +247,14 @@ def span_from_obj(obj: Any, path: str) -> Span:
         raise CodecError(f"{path}: a span must be a JSON object, got {type(obj).__name__}")
     try:
         return Span.from_dict(obj)
-    except (KeyError, TypeError, ValueError) as exc:
+    except KeyError as exc:
+        raise CodecError(f"{path}: {exc.args[0]}") from exc
+    except (TypeError, ValueError) as exc:
         raise CodecError(f"{path}: {exc}") from exc
 
 
 def encode_batch(spans: Sequence[Span]) -> bytes:
-    """A checksummed batch document."""
+    """A checksummed batch document; raises :class:`CodecError` as :func:`encode_span` does."""
     body = b"[" + b",".join(encode_span(s) for s in spans) + b"]"
     header = dumps({"format": BATCH_FORMAT, "version": BATCH_VERSION, "count": len(spans), "checksum": checksum(body)})
     # Splice the pre-encoded spans array into the header object without re-encoding it.
@@ -86,18 +262,30 @@ def encode_batch(spans: Sequence[Span]) -> bytes:
 
 
 def decode_batch(data: bytes) -> list[Span]:
-    """Verify and decode a batch; raises :class:`CodecError` naming the first problem."""
+    """Verify and decode a batch; raises :class:`CodecError` naming the first problem by its path."""
     obj = loads(data)
     if not isinstance(obj, dict) or obj.get("format") != BATCH_FORMAT:
         raise CodecError(f"not an {BATCH_FORMAT} document")
-    if obj.get("version") != BATCH_VERSION:
-        raise CodecError(f"batch version {obj.get('version')!r} is not supported (expected {BATCH_VERSION})")
+    version = obj.get("version")
+    if type(version) is not int or version != BATCH_VERSION:
+        raise CodecError(f"$.version: batch version {version!r} is not supported (expected {BATCH_VERSION})")
     spans_obj = obj.get("spans")
     if not isinstance(spans_obj, list):
         raise CodecError("$.spans: expected a list")
     expected = obj.get("checksum")
-    if expected is not None and checksum(dumps(spans_obj)) != expected:
+    if not isinstance(expected, str):
+        raise CodecError(f"$.checksum: {_missing_or_kind(obj, 'checksum')}; expected the sha256 of the spans")
+    if checksum(dumps(spans_obj)) != expected:
         raise CodecError("$.checksum: batch checksum does not match its spans (damaged in transit or on disk)")
-    if obj.get("count") is not None and obj["count"] != len(spans_obj):
-        raise CodecError(f"$.count: says {obj['count']} spans, batch holds {len(spans_obj)}")
+    count = obj.get("count")
+    if type(count) is not int:
+        raise CodecError(f"$.count: {_missing_or_kind(obj, 'count')}; expected the number of spans")
+    if count != len(spans_obj):
+        raise CodecError(f"$.count: says {count} spans, batch holds {len(spans_obj)}")
+    if _may_hold_wide_int(data):
+        spans_obj = _loads_exact(data)["spans"]  # so an int beyond 64 bits is refused by name
     return [span_from_obj(item, f"$.spans[{i}]") for i, item in enumerate(spans_obj)]
+
+
+def _missing_or_kind(obj: Mapping[str, Any], key: str) -> str:
+    return "missing" if key not in obj else f"is {type(obj[key]).__name__}"

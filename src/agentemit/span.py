@@ -1,7 +1,18 @@
 """The one span record every stage shares: built off the hot path, stored, served and read back.
 
 A :class:`Span` round-trips losslessly through a plain dict (and so JSON) and to/from an
-OpenTelemetry :class:`~opentelemetry.sdk.trace.ReadableSpan`.
+OpenTelemetry :class:`~opentelemetry.sdk.trace.ReadableSpan`. Two rules make that hold:
+
+* **A status description goes with ERROR only.** OpenTelemetry's ``Status`` drops a description on
+  OK/UNSET, so a :class:`Span` built with one drops it too: every form of a span says the same.
+* **Identity attributes added on the way out are removed on the way back.** ``to_readable_span`` puts
+  the rollout identity into the attributes (``agentlightning.rollout_id`` / ``attempt_id`` /
+  ``span_sequence_id``) when the span lacks them, because OpenTelemetry readers such as Agent
+  Lightning's look there; ``from_readable_span`` removes exactly those again. Identity attributes a
+  span already had (the pipeline's builder stamps them into every span) are kept.
+
+:meth:`Span.from_dict` validates what it reads (it is the decoding half of the codec); building a
+:class:`Span` directly does not, since the pipeline builds one per event on its hot path.
 """
 
 from __future__ import annotations
@@ -9,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -21,6 +32,10 @@ AttributeScalar: TypeAlias = str | bool | int | float
 AttributeValue: TypeAlias = AttributeScalar | tuple[AttributeScalar, ...]
 Attributes: TypeAlias = dict[str, AttributeValue]
 StatusName = Literal["UNSET", "OK", "ERROR"]
+
+STATUS_NAMES: Final = ("UNSET", "OK", "ERROR")
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1  # OTLP attribute ints, our sequence ids and times are all signed 64-bit
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -36,7 +51,10 @@ class SpanEvent:
 
 @dataclass(slots=True)
 class Span:
-    """One finished span with its rollout identity; ids are lowercase hex (32 / 16 digits)."""
+    """One finished span with its rollout identity; ids are lowercase hex (32 / 16 digits).
+
+    ``status_description`` is kept only when ``status`` is ``"ERROR"`` (see the module docstring).
+    """
 
     trace_id: str
     span_id: str
@@ -52,6 +70,10 @@ class Span:
     status_description: str | None = None
     events: list[SpanEvent] = field(default_factory=list)
     resource: Attributes = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status_description is not None and self.status != "ERROR":
+            self.status_description = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -84,34 +106,55 @@ class Span:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Span:
-        """Inverse of :meth:`to_dict`; raises ``KeyError``/``TypeError`` naming a missing field."""
-        try:
-            return cls(
-                trace_id=str(data["trace_id"]),
-                span_id=str(data["span_id"]),
-                parent_id=data.get("parent_id"),
-                name=str(data["name"]),
-                start_time=int(data["start_time"]),
-                end_time=int(data["end_time"]),
-                rollout_id=str(data["rollout_id"]),
-                attempt_id=str(data["attempt_id"]),
-                sequence_id=int(data["sequence_id"]),
-                attributes=decode_attributes(data.get("attributes") or {}),
-                status=data.get("status", "UNSET"),
-                status_description=data.get("status_description"),
-                events=[
-                    SpanEvent(str(e["name"]), int(e["timestamp"]), decode_attributes(e.get("attributes") or {}))
-                    for e in data.get("events") or ()
-                ],
-                resource=decode_attributes(data.get("resource") or {}),
-            )
-        except KeyError as exc:
-            raise KeyError(f"span record is missing field {exc.args[0]!r}") from exc
+        """Inverse of :meth:`to_dict`, refusing anything a :class:`Span` cannot hold.
+
+        ``attributes``, ``status``, ``status_description``, ``events`` and ``resource`` may be absent
+        (they take their defaults); every other field is required.
+
+        Raises:
+            KeyError: a required field is missing.
+            TypeError: a field or attribute value has the wrong type (e.g. ``null`` or a nested array
+                as an attribute value, an array where an object belongs).
+            ValueError: a value is out of range: an int outside the signed 64-bit range, an unknown
+                status, an empty resource key.
+
+            Each message starts with the culprit's path: ``start_time``, ``attributes['x']``,
+            ``events[0].timestamp``, ``resource['']``.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"span record: expected an object, got {_kind(data)}")
+        status = data.get("status", "UNSET")
+        if status not in STATUS_NAMES:
+            raise ValueError(f"status: {status!r} is not one of {', '.join(STATUS_NAMES)}")
+        return cls(
+            trace_id=_text(data, "trace_id", ""),
+            span_id=_text(data, "span_id", ""),
+            parent_id=_optional_text(data, "parent_id"),
+            name=_text(data, "name", ""),
+            start_time=_int64(data, "start_time", ""),
+            end_time=_int64(data, "end_time", ""),
+            rollout_id=_text(data, "rollout_id", ""),
+            attempt_id=_text(data, "attempt_id", ""),
+            sequence_id=_int64(data, "sequence_id", ""),
+            attributes=decode_attributes(data.get("attributes", {}), "attributes"),
+            status=status,
+            status_description=_optional_text(data, "status_description"),
+            events=_decode_events(data.get("events", [])),
+            resource=decode_attributes(data.get("resource", {}), "resource", empty_keys=False),
+        )
 
     # --- OpenTelemetry -----------------------------------------------------------------------
 
     def to_readable_span(self) -> ReadableSpan:
-        """An OpenTelemetry SDK span with the same ids, times, attributes, events and status."""
+        """An OpenTelemetry SDK span with the same ids, times, attributes, events and status.
+
+        The rollout identity attributes the span lacks are added (see the module docstring).
+
+        Raises:
+            ValueError: the resource has an empty key (OpenTelemetry's ``Resource`` would drop it).
+        """
+        if "" in self.resource:
+            raise ValueError(f"span {self.span_id!r}: resource[''] has an empty key, which OpenTelemetry drops")
         ctx = SpanContext(int(self.trace_id, 16), int(self.span_id, 16), False, TraceFlags(TraceFlags.SAMPLED))
         parent = (
             SpanContext(int(self.trace_id, 16), int(self.parent_id, 16), False, TraceFlags(TraceFlags.SAMPLED))
@@ -119,10 +162,19 @@ class Span:
             else None
         )
         attrs: dict[str, Any] = dict(self.attributes)
-        attrs.setdefault(semconv.ROLLOUT_ID, self.rollout_id)
-        attrs.setdefault(semconv.ATTEMPT_ID, self.attempt_id)
-        attrs.setdefault(semconv.SPAN_SEQUENCE_ID, self.sequence_id)
-        return ReadableSpan(
+        added: list[str] = []
+        for key, value in (
+            (semconv.ROLLOUT_ID, self.rollout_id),
+            (semconv.ATTEMPT_ID, self.attempt_id),
+            (semconv.SPAN_SEQUENCE_ID, self.sequence_id),
+        ):
+            if key not in attrs:
+                attrs[key] = value
+                added.append(key)
+        description = self.status_description if self.status == "ERROR" else None
+        return _ConvertedSpan(
+            (self.rollout_id, self.attempt_id, self.sequence_id),
+            tuple(added),
             name=self.name,
             context=ctx,
             parent=parent,
@@ -130,7 +182,7 @@ class Span:
             attributes=attrs,
             events=[Event(e.name, dict(e.attributes), e.timestamp) for e in self.events],
             kind=SpanKind.INTERNAL,
-            status=Status(StatusCode[self.status], self.status_description),
+            status=Status(StatusCode[self.status], description),
             start_time=self.start_time,
             end_time=self.end_time,
         )
@@ -144,11 +196,23 @@ class Span:
         attempt_id: str | None = None,
         sequence_id: int | None = None,
     ) -> Span:
-        """Convert an SDK span; rollout identity comes from the arguments or the span's attributes."""
+        """Convert an SDK span.
+
+        Rollout identity comes from the arguments; else, for a span made by :meth:`to_readable_span`,
+        from the :class:`Span` it was made from; else from the span's identity attributes. Identity
+        attributes that :meth:`to_readable_span` added are removed, so that round trip is lossless.
+        """
         attrs = normalize_attributes(span.attributes or {})
         ctx = span.get_span_context()
         if ctx is None:
             raise ValueError(f"span {span.name!r} has no span context")
+        if isinstance(span, _ConvertedSpan):
+            source_rollout, source_attempt, source_sequence = span.source_identity
+            rollout_id = source_rollout if rollout_id is None else rollout_id
+            attempt_id = source_attempt if attempt_id is None else attempt_id
+            sequence_id = source_sequence if sequence_id is None else sequence_id
+            for key in span.added_identity_keys:
+                attrs.pop(key, None)
         status = span.status
         return cls(
             trace_id=format(ctx.trace_id, "032x"),
@@ -170,27 +234,21 @@ class Span:
         )
 
 
+class _ConvertedSpan(ReadableSpan):
+    """A ReadableSpan made by :meth:`Span.to_readable_span`; remembers what OpenTelemetry cannot carry."""
+
+    def __init__(self, source_identity: tuple[str, str, int], added_identity_keys: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source_identity = source_identity
+        self.added_identity_keys = added_identity_keys
+
+
 def normalize_attributes(attrs: Mapping[str, Any]) -> Attributes:
     """Copy OpenTelemetry attributes into our form: sequences become tuples."""
     out: Attributes = {}
     for key, value in attrs.items():
         out[str(key)] = tuple(value) if isinstance(value, (list, tuple)) else value
     return out
-
-
-def has_nonfinite(attrs: Mapping[str, AttributeValue]) -> bool:
-    """True when a value (or an item of a tuple value) is NaN or infinite: JSON needs tags for those."""
-    for value in attrs.values():
-        cls = type(value)
-        if cls is float:
-            if not _isfinite(value):  # type: ignore[arg-type]
-                return True
-        elif cls is tuple and any(type(v) is float and not _isfinite(v) for v in value):  # type: ignore[union-attr]
-            return True
-    return False
-
-
-_isfinite = math.isfinite
 
 
 def _encode_value(value: AttributeValue) -> Any:
@@ -201,25 +259,105 @@ def _encode_value(value: AttributeValue) -> Any:
     return value
 
 
-def _decode_value(value: Any) -> AttributeValue:
-    if isinstance(value, list):
-        return tuple(_decode_value(v) for v in value)  # type: ignore[misc]
-    if isinstance(value, dict):
-        tag = value.get("$float")
-        if tag in _NONFINITE:
-            return _NONFINITE[tag]
-        raise TypeError(f"attribute value {value!r} is not an attribute value")
-    return value  # type: ignore[no-any-return]
-
-
 def encode_attributes(attrs: Mapping[str, AttributeValue]) -> dict[str, Any]:
     """JSON-safe copy of attributes (tuples become lists, non-finite floats are tagged)."""
     return {k: _encode_value(v) for k, v in attrs.items()}
 
 
-def decode_attributes(data: Mapping[str, Any]) -> Attributes:
-    """Inverse of :func:`encode_attributes`."""
-    return {str(k): _decode_value(v) for k, v in data.items()}
+def decode_attributes(data: Any, where: str = "attributes", *, empty_keys: bool = True) -> Attributes:
+    """Inverse of :func:`encode_attributes`, refusing what is not an attribute value.
+
+    ``where`` starts every error message (e.g. ``resource``); ``empty_keys=False`` refuses ``""`` as
+    a key. Raises ``TypeError`` / ``ValueError`` as :meth:`Span.from_dict` does.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{where}: expected an object, got {_kind(data)}")
+    out: Attributes = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{where}: key {key!r} is {_kind(key)}; expected a str")
+        if not key and not empty_keys:
+            raise ValueError(f"{where}['']: an empty key is not allowed here")
+        if isinstance(value, (list, tuple)):
+            out[key] = tuple(_decode_scalar(item, f"{where}[{key!r}][{i}]") for i, item in enumerate(value))
+        else:
+            out[key] = _decode_scalar(value, f"{where}[{key!r}]")
+    return out
+
+
+def _decode_scalar(value: Any, where: str) -> AttributeScalar:
+    cls = type(value)
+    if cls is str or cls is float or cls is bool:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError(f"{where}: {value} is outside the signed 64-bit range")
+        return value
+    if isinstance(value, (str, float)):
+        return value
+    if isinstance(value, dict) and len(value) == 1 and value.get("$float") in _NONFINITE:
+        return _NONFINITE[value["$float"]]
+    shown = "null" if value is None else f"{_kind(value)} {value!r}"
+    raise TypeError(
+        f"{where}: {shown} is not an attribute value "
+        "(expected a str, bool, int, float or an array of them)"
+    )
+
+
+def _decode_events(data: Any) -> list[SpanEvent]:
+    if not isinstance(data, (list, tuple)):
+        raise TypeError(f"events: expected an array, got {_kind(data)}")
+    out: list[SpanEvent] = []
+    for i, item in enumerate(data):
+        where = f"events[{i}]"
+        if not isinstance(item, Mapping):
+            raise TypeError(f"{where}: expected an object, got {_kind(item)}")
+        name, timestamp = _text(item, "name", where), _int64(item, "timestamp", where)
+        out.append(SpanEvent(name, timestamp, decode_attributes(item.get("attributes", {}), f"{where}.attributes")))
+    return out
+
+
+def _required(data: Mapping[str, Any], key: str, where: str) -> Any:
+    try:
+        return data[key]
+    except KeyError:
+        owner = where or "span record"
+        raise KeyError(f"{owner} is missing field {key!r}") from None
+
+
+def _text(data: Mapping[str, Any], key: str, where: str) -> str:
+    value = _required(data, key, where)
+    if not isinstance(value, str):
+        raise TypeError(f"{_path(where, key)}: expected a str, got {_kind(value)}")
+    return value
+
+
+def _optional_text(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{key}: expected a str or null, got {_kind(value)}")
+    return value
+
+
+def _int64(data: Mapping[str, Any], key: str, where: str) -> int:
+    value = _required(data, key, where)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{_path(where, key)}: expected an int, got {_kind(value)}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{_path(where, key)}: {value} is outside the signed 64-bit range")
+    return value
+
+
+def _path(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+_KINDS: Final[dict[type, str]] = {type(None): "null", dict: "object", list: "array", tuple: "array"}
+
+
+def _kind(value: object) -> str:
+    """A value's kind in JSON's words where it has one (``null``, ``object``, ``array``)."""
+    return _KINDS.get(type(value), type(value).__name__)
 
 
 def spans_to_dicts(spans: Sequence[Span]) -> list[dict[str, Any]]:

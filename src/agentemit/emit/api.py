@@ -13,6 +13,7 @@ from typing import Any
 
 from agentemit import semconv
 from agentemit.emit.encoding import flatten_attributes, object_attributes
+from agentemit.emit.events import register_builtin_type
 from agentemit.emit.no_tracer import count_no_tracer
 from agentemit.tracing.context import CURRENT
 
@@ -20,8 +21,17 @@ _float = float
 
 
 def _check_attributes(where: str, attributes: Any) -> None:
-    if not isinstance(attributes, Mapping):
+    # Checked before looking for a rollout, so bad input raises whether or not a tracer is active.
+    if attributes is not None and not isinstance(attributes, Mapping):
         raise TypeError(f"{where}: attributes must be a mapping of str to values, got {type(attributes).__name__}")
+
+
+def _merge_attributes(own: dict[str, Any], attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """User attributes flattened, then the event's own on top: a user key never replaces event data."""
+    merged: dict[str, Any] = {}
+    flatten_attributes(attributes, merged)
+    merged.update(own)
+    return merged
 
 
 def emit_message(message: str, *, attributes: Mapping[str, Any] | None = None) -> None:
@@ -32,27 +42,30 @@ def emit_message(message: str, *, attributes: Mapping[str, Any] | None = None) -
     """
     if not isinstance(message, str):
         raise TypeError(f"emit_message: message must be str, got {type(message).__name__}")
+    _check_attributes("emit_message", attributes)
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("message")
     attrs: dict[str, Any] = {semconv.MESSAGE_BODY: message, semconv.MESSAGE_LEGACY: message}
     if attributes:
-        _check_attributes("emit_message", attributes)
-        flatten_attributes(attributes, attrs)
+        attrs = _merge_attributes(attrs, attributes)
     ctx.emit("message", semconv.SPAN_MESSAGE, attrs)
 
 
 def _reward_number(value: Any, what: str) -> float:
     cls = type(value)
-    if cls is float:
-        number: float = value
-    elif cls is int or cls is bool or isinstance(value, (int, float)):
-        number = _float(value)
-    else:
-        as_float = getattr(value, "__float__", None)  # numpy scalars, Decimal, fractions
-        if as_float is None or isinstance(value, (str, bytes)):
-            raise TypeError(f"emit_reward: {what} is {value!r} ({cls.__name__}); expected a finite number")
-        number = _float(as_float())
+    try:
+        if cls is float:
+            number: float = value
+        elif cls is int or cls is bool or isinstance(value, (int, float)):
+            number = _float(value)
+        else:
+            as_float = getattr(value, "__float__", None)  # numpy scalars, Decimal, fractions
+            if as_float is None or isinstance(value, (str, bytes)):
+                raise TypeError(f"emit_reward: {what} is {value!r} ({cls.__name__}); expected a finite number")
+            number = _float(as_float())
+    except OverflowError:  # an int beyond float range: as unusable as infinity (its repr may not even print)
+        raise ValueError(f"emit_reward: {what} is too large for a float; expected a finite number") from None
     if not math.isfinite(number):
         raise ValueError(f"emit_reward: {what} is {number!r}; expected a finite number")
     return number
@@ -109,12 +122,12 @@ def emit_reward(
         ValueError: a value is NaN or infinite, or ``primary_key`` is missing or unknown.
     """
     attrs = reward_attributes(reward, primary_key)
+    _check_attributes("emit_reward", attributes)
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("reward")
     if attributes:
-        _check_attributes("emit_reward", attributes)
-        flatten_attributes(attributes, attrs)
+        attrs = _merge_attributes(attrs, attributes)
     ctx.emit("reward", semconv.SPAN_REWARD, attrs)
 
 
@@ -124,10 +137,17 @@ def exception_attributes(exception: BaseException, escaped: bool = False) -> dic
     module = cls.__module__
     return {
         semconv.EXCEPTION_TYPE: cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}",
-        semconv.EXCEPTION_MESSAGE: str(exception),
+        semconv.EXCEPTION_MESSAGE: _exception_message(exception),
         semconv.EXCEPTION_STACKTRACE: "".join(traceback.format_exception(exception)),
         semconv.EXCEPTION_ESCAPED: escaped,
     }
+
+
+def _exception_message(exception: BaseException) -> str:
+    try:
+        return str(exception)
+    except Exception:  # a broken __str__ must not turn recording an error into raising one
+        return f"<{type(exception).__name__} str() failed>"
 
 
 def emit_exception(exception: BaseException, *, attributes: Mapping[str, Any] | None = None) -> None:
@@ -138,13 +158,13 @@ def emit_exception(exception: BaseException, *, attributes: Mapping[str, Any] | 
     """
     if not isinstance(exception, BaseException):
         raise TypeError(f"emit_exception: exception must be an exception instance, got {type(exception).__name__}")
+    _check_attributes("emit_exception", attributes)
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("exception")
     attrs = exception_attributes(exception)
     if attributes:
-        _check_attributes("emit_exception", attributes)
-        flatten_attributes(attributes, attrs)
+        attrs = _merge_attributes(attrs, attributes)
     ctx.emit("exception", semconv.SPAN_EXCEPTION, attrs)
 
 
@@ -155,11 +175,18 @@ def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> Non
     pydantic models, datetimes, enums, numpy) as JSON; anything else as a bounded ``repr`` with a
     marker. Cycles and huge values are bounded and marked truncated.
     """
+    _check_attributes("emit_object", attributes)
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("object")
     attrs = object_attributes(obj)
     if attributes:
-        _check_attributes("emit_object", attributes)
-        flatten_attributes(attributes, attrs)
+        attrs = _merge_attributes(attrs, attributes)
     ctx.emit("object", semconv.SPAN_OBJECT, attrs)
+
+
+# The built-in kinds are registered event types too (their priority is the pipeline's default lane).
+register_builtin_type("message", semconv.SPAN_MESSAGE, "normal")
+register_builtin_type("reward", semconv.SPAN_REWARD, "high")
+register_builtin_type("exception", semconv.SPAN_EXCEPTION, "high")
+register_builtin_type("object", semconv.SPAN_OBJECT, "normal")

@@ -26,6 +26,8 @@ MAX_DEPTH = 32
 MAX_ITEMS = 10_000  # containers longer than this are cut (and marked)
 MAX_JSON_BYTES = 1 << 20  # JSON text longer than this is cut (and marked)
 MAX_REPR_CHARS = 4096
+_MAX_LITERAL_BYTES = MAX_JSON_BYTES * 3 // 4  # bytes whose base64 text fits MAX_JSON_BYTES
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # OpenTelemetry attribute ints are signed 64-bit
 
 _SCALARS = (str, bool, int, float)
 
@@ -115,19 +117,27 @@ def object_attributes(obj: Any) -> dict[str, AttributeValue]:
         attrs[semconv.OBJECT_JSON] = "null"
         return attrs
     if isinstance(obj, _SCALARS) and not isinstance(obj, enum.Enum):
-        if isinstance(obj, float) and not math.isfinite(obj):
-            attrs[semconv.OBJECT_LITERAL] = obj
+        if isinstance(obj, str) and len(obj) > MAX_JSON_BYTES:
+            attrs[semconv.OBJECT_LITERAL] = obj[:MAX_JSON_BYTES] + semconv.TRUNCATED_SUFFIX
+            attrs[semconv.OBJECT_TRUNCATED] = True
+            return attrs
+        if isinstance(obj, int) and not _INT64_MIN <= obj <= _INT64_MAX:
+            attrs[semconv.OBJECT_JSON] = str(int(obj))  # no attribute int holds it; JSON text does
             return attrs
         attrs[semconv.OBJECT_LITERAL] = obj
         return attrs
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        attrs[semconv.OBJECT_LITERAL] = base64.b64encode(bytes(obj)).decode("ascii")
+        data = bytes(obj)
+        if len(data) > _MAX_LITERAL_BYTES:  # cut before encoding, so the literal stays valid base64
+            data = data[:_MAX_LITERAL_BYTES]
+            attrs[semconv.OBJECT_TRUNCATED] = True
+        attrs[semconv.OBJECT_LITERAL] = base64.b64encode(data).decode("ascii")
         attrs[semconv.OBJECT_BYTES_ENCODING] = "base64"
         return attrs
     marker = _Truncated()
     try:
         text = orjson.dumps(to_jsonable(obj, marker)).decode("utf-8")
-    except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError):
+    except Exception:  # whatever the object raises while being read, it is stored as a repr, never raised
         attrs[semconv.OBJECT_REPR] = bounded_repr(obj)
         attrs[semconv.OBJECT_UNSERIALIZABLE] = True
         return attrs
@@ -152,23 +162,31 @@ def flatten_attributes(attributes: Mapping[str, Any], out: dict[str, AttributeVa
     for key, value in attributes.items():
         name = f"{prefix}{key}" if isinstance(key, str) else f"{prefix}{key!s}"
         cls = type(value)
-        if cls is str or cls is int or cls is float or cls is bool:
+        if cls is str or cls is float or cls is bool or (cls is int and _INT64_MIN <= value <= _INT64_MAX):
             out[name] = value
         elif isinstance(value, Mapping) and value and len(prefix) < 256:
-            flatten_attributes(value, out, name + ".")
+            try:
+                nested = dict(value.items())
+            except Exception:  # a broken mapping is kept as its repr, never raised into the agent
+                out[name] = bounded_repr(value)
+            else:
+                flatten_attributes(nested, out, name + ".")
         else:
             out[name] = _attribute_value(value)
 
 
 def _attribute_value(value: Any) -> AttributeValue:
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64_MIN <= value <= _INT64_MAX:
+        return str(int(value))  # JSON text of an int no attribute can hold
     if isinstance(value, _SCALARS) and not isinstance(value, enum.Enum):
         return value
     if isinstance(value, (list, tuple)) and value:
         first = type(value[0])
         if first in (str, bool, int, float) and all(type(v) is first for v in value):
-            return tuple(value)
+            if first is not int or all(_INT64_MIN <= v <= _INT64_MAX for v in value):
+                return tuple(value)
     marker = _Truncated()
     try:
         return orjson.dumps(to_jsonable(value, marker)).decode("utf-8")
-    except (TypeError, ValueError, RecursionError, orjson.JSONEncodeError):
+    except Exception:  # whatever the value raises while being read, it is kept as a repr, never raised
         return bounded_repr(value)

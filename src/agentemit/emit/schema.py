@@ -43,6 +43,7 @@ JSON_SCHEMA_ANNOTATIONS: Final = frozenset(
 JSON_TYPES: Final = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson encodes
 
 
 class SchemaViolation(Exception):
@@ -78,13 +79,17 @@ def check_json(value: Any, path: str = "$") -> None:
     JSON has no NaN or infinity, and objects need string keys; anything else (a datetime, a set)
     would be changed by encoding, so it is refused rather than stored differently from what was given.
     """
-    if value is None or isinstance(value, (str, int)):  # bool, and str/int enums, encode as their value
+    if value is None or isinstance(value, str):  # str enums encode as their value
+        return
+    if isinstance(value, int):  # bool, int enums
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise SchemaViolation(path, f"expected an integer that fits in 64 bits, got {value}")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise SchemaViolation(path, f"expected a finite number, got {value!r}")
         return
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise SchemaViolation(path, f"expected string keys, got {got(key)} key {key!r}")
@@ -140,7 +145,7 @@ def check_json_schema(schema: Any, path: str = "$") -> None:
 
 def _matches_type(value: Any, name: str) -> bool:
     if name == "object":
-        return isinstance(value, Mapping)
+        return isinstance(value, dict)
     if name == "array":
         return isinstance(value, (list, tuple))
     if name == "string":
@@ -187,7 +192,7 @@ def validate_json_schema(value: Any, schema: Mapping[str, Any], path: str = "$")
             raise SchemaViolation(path, f"expected >= {schema['minimum']}, got {value!r}")
         if "maximum" in schema and value > schema["maximum"]:
             raise SchemaViolation(path, f"expected <= {schema['maximum']}, got {value!r}")
-    elif isinstance(value, Mapping):
+    elif isinstance(value, dict):
         _validate_object(value, schema, path)
     elif isinstance(value, (list, tuple)):
         items: Mapping[str, Any] = schema.get("items", {})
@@ -235,6 +240,10 @@ class SchemaAdapter:
     def load(self, text: str | bytes) -> Any:
         raise NotImplementedError
 
+    def load_payload(self, text: str | bytes) -> dict[str, Any]:
+        """Stored JSON text, validated, as a payload dict (defaults filled in, values normalized)."""
+        raise NotImplementedError
+
     def same_type(self, other: SchemaAdapter) -> bool:
         """True when ``other`` describes the same schema (so re-registering it is a no-op)."""
         return self.kind == other.kind and self.fingerprint == other.fingerprint
@@ -264,6 +273,9 @@ class JsonSchemaAdapter(SchemaAdapter):
 
     def load(self, text: str | bytes) -> dict[str, Any]:
         return self.validate(_loads_object(text))
+
+    def load_payload(self, text: str | bytes) -> dict[str, Any]:
+        return self.load(text)
 
 
 class _PydanticBacked(SchemaAdapter):
@@ -302,13 +314,20 @@ class _PydanticBacked(SchemaAdapter):
 
     def _dump(self, instance: Any) -> dict[str, Any]:
         dumped = self.adapter.dump_python(instance, mode="json", by_alias=True, round_trip=True, warnings=False)
-        return dumped  # type: ignore[no-any-return]
+        if not isinstance(dumped, dict):
+            raise SchemaViolation(
+                "$", f"{self.cls.__name__} dumps to {got(dumped)}; an event payload must be an object"
+            )
+        return dumped
 
     def load(self, text: str | bytes) -> Any:
         try:
             return self.adapter.validate_json(text)
         except pydantic.ValidationError as exc:
             raise violation_from_pydantic(exc) from None
+
+    def load_payload(self, text: str | bytes) -> dict[str, Any]:
+        return self._dump(self.load(text))
 
 
 class PydanticAdapter(_PydanticBacked):
@@ -331,7 +350,9 @@ def adapter_for(schema: Any) -> SchemaAdapter:
         ValueError: a JSON Schema uses an unsupported keyword or is malformed.
     """
     if isinstance(schema, type) and issubclass(schema, pydantic.RootModel):
-        raise TypeError(f"schema {schema.__qualname__} is a RootModel; an event payload must be an object (a BaseModel)")
+        raise TypeError(
+            f"schema {schema.__qualname__} is a RootModel; an event payload must be an object (a BaseModel)"
+        )
     if isinstance(schema, type) and issubclass(schema, pydantic.BaseModel):
         return PydanticAdapter(schema, pydantic.TypeAdapter(schema))
     if isinstance(schema, type) and dataclasses.is_dataclass(schema):

@@ -15,6 +15,7 @@ Accounting (exact at quiescence)::
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import shutil
@@ -29,6 +30,8 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
+from agentemit.emit.events import HIGH_PRIORITY_EVENT_KINDS as _HIGH_EVENTS
+from agentemit.emit.events import event_policies
 from agentemit.pipeline import spill_format
 from agentemit.pipeline.builder import build_span
 from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
@@ -95,14 +98,16 @@ class Pipeline:
         self.resource = dict(resource or {})
         self.clock = clock
         self.name = name
+        self._base_config = self.config
+        self._policy_key: object = None
         self.sampler = HeadSampler(self.config)
         self._spool = spool
         self._owner = os.urandom(8)
         self._batch_size = self.config.batch_size
-        self._buckets = {k: TokenBucket(r, clock=clock) for k, r in self.config.rate_limits.items()}
         self._shedder = AdaptiveShedder() if self.config.adaptive_sampling else None
         self._cpu = CpuMonitor(clock=clock)
         self._start_threads = start
+        self._apply_event_policies()
         self._init_runtime_state()
         _live_pipelines.add(self)
         if start:
@@ -143,7 +148,7 @@ class Pipeline:
         kind = record[0]
         if self._admission_needed and not self._admit(kind):
             return
-        high = kind in _HIGH
+        high = kind in _HIGH or kind in _HIGH_EVENTS
         lane = self._high if high else self._low
         if len(self._high) + len(self._low) < (self.lanes.high_capacity if high else self.lanes.low_capacity):
             lane.append(record)
@@ -165,6 +170,38 @@ class Pipeline:
             self.stats.hot_drop(DropReason.SHED)
             return False
         return True
+
+    def sampled_out(self, rollout_id: str) -> frozenset[str]:
+        """Kinds a new rollout drops whole (head sampling); picks up newly registered event types."""
+        self._apply_event_policies()
+        return self.sampler.sampled_out(rollout_id)
+
+    def _apply_event_policies(self) -> None:
+        """Merge registered event types' sample rates and rate limits under the explicit config.
+
+        Explicit ``kind_sample_rates`` / ``rate_limits`` win over a type's defaults. Called at start
+        and whenever a rollout opens, so types registered later apply from their next rollout on.
+        """
+        policies = event_policies()
+        key = tuple(sorted((k, p.sample_rate, p.rate_limit) for k, p in policies.items()))
+        if key == self._policy_key:
+            return
+        self._policy_key = key
+        base = self._base_config
+        rates = {k: p.sample_rate for k, p in policies.items() if p.sample_rate is not None}
+        limits = {k: p.rate_limit for k, p in policies.items() if p.rate_limit is not None}
+        self.config = dataclasses.replace(
+            base,
+            kind_sample_rates={**rates, **base.kind_sample_rates},
+            rate_limits={**limits, **base.rate_limits},
+        )
+        self.sampler = HeadSampler(self.config, kinds=policies)
+        old = getattr(self, "_buckets", {})
+        self._buckets = {
+            k: old[k] if k in old and old[k].rate == r else TokenBucket(r, clock=self.clock)
+            for k, r in self.config.rate_limits.items()
+        }
+        self._admission_needed = bool(self._buckets) or self._shedder is not None or getattr(self, "_closed", False)
 
     def count_sampled_out(self) -> None:
         """Called by a rollout context for an event of a kind its rollout sampled out."""
@@ -449,8 +486,8 @@ class Pipeline:
                 self._inflight += len(chunk)
             try:
                 for priority, part in (
-                    (0, [r for r in chunk if r[0] in _HIGH]),
-                    (1, [r for r in chunk if r[0] not in _HIGH]),
+                    (0, [r for r in chunk if _is_high(r[0])]),
+                    (1, [r for r in chunk if not _is_high(r[0])]),
                 ):
                     if part:
                         payload = spill_format.encode_raw(part, self._owner, self.resource)
@@ -549,8 +586,12 @@ class Pipeline:
             inflight = self._inflight
         return len(self.lanes) + len(self._spill) + inflight
 
-    def force_flush(self, timeout: float = 5.0) -> FlushReport:
-        """Export everything queued, honouring ``timeout``; report what was delivered and what is left."""
+    def force_flush(self, timeout: float = 5.0, *, drain_spool: bool = False) -> FlushReport:
+        """Export everything queued, honouring ``timeout``; report what was delivered and what is left.
+
+        With ``drain_spool`` it also keeps replaying the disk spool (retrying a failing sink) until the
+        spool is empty or the deadline passes; ``completed`` then also requires an empty spool.
+        """
         started = self.clock()
         exported_before = self.stats.exported
         deadline = time.monotonic() + timeout
@@ -564,19 +605,23 @@ class Pipeline:
                     self.run_once(flush_all=True)
                 with self._idle:
                     self._idle.wait(min(0.01, max(0.0, deadline - time.monotonic())))
-            if not self.pending() and self._sink_healthy and time.monotonic() < deadline:
+            while not self.pending() and self._spool is not None and time.monotonic() < deadline:
                 with self._export_lock:
                     self._replay(True)
+                if not drain_spool or self._spool.pending_records() == 0:
+                    break
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         finally:
             self._flush_all.clear()
-        return self._report(started, exported_before)
+        return self._report(started, exported_before, drain_spool=drain_spool)
 
-    def _report(self, started: float, exported_before: int) -> FlushReport:
+    def _report(self, started: float, exported_before: int, *, drain_spool: bool = False) -> FlushReport:
         pending = self.pending()
         with self._count_lock:
             in_spool = self._in_spool
+        spool_empty = self._spool is None or self._spool.pending_records() == 0
         return FlushReport(
-            completed=pending == 0,
+            completed=pending == 0 and (spool_empty or not drain_spool),
             delivered=self.stats.exported - exported_before,
             pending=pending,
             in_spool=in_spool,
@@ -592,7 +637,7 @@ class Pipeline:
         if self._closed:
             return self._report(started, exported_before)
         deadline = time.monotonic() + timeout
-        report = self.force_flush(timeout * 0.8)
+        report = self.force_flush(timeout * 0.8, drain_spool=True)
         self._closed = True
         self._admission_needed = True
         self._stop.set()
@@ -627,7 +672,15 @@ class Pipeline:
             taken, inflight, in_spool, recovered = self._taken, self._inflight, self._in_spool, self._recovered
         queued = len(self.lanes) + len(self._spill)
         hot = sum(c.value for c in self.stats.hot_drops.values())
+        stage_stats: dict[str, dict[str, Any]] = {}
+        for stage in self.stages:  # stages that count (e.g. the Redactor) expose stats() -> dataclass
+            stats_fn = getattr(stage, "stats", None)
+            value = stats_fn() if callable(stats_fn) else None
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                stage_stats[type(stage).__name__] = dataclasses.asdict(value)
         return self.stats.snapshot(
+            stages=stage_stats,
+            redaction=stage_stats.get("Redactor", {}),
             emitted=taken + queued + hot,
             pending=queued + inflight,
             queue_depth=queued,
@@ -649,6 +702,13 @@ class Pipeline:
 
 
 _HIGH_NAMES = frozenset({"agentlightning.reward", "agentlightning.exception"})
+
+
+def _is_high(kind: str) -> bool:
+    """Whether a raw record kind rides the high-priority lane (built-in or registered custom kind)."""
+    return kind in _HIGH or kind in _HIGH_EVENTS
+
+
 _live_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 
 

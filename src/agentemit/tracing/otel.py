@@ -122,9 +122,9 @@ class OtelTracer(Tracer):
                     )
         return self.pipeline
 
-    def force_flush(self, timeout: float = 5.0) -> FlushReport | None:
-        """Flush the pipeline (None when this tracer has no store or sink)."""
-        return self.pipeline.force_flush(timeout) if self.pipeline else None
+    def force_flush(self, timeout: float = 5.0, *, drain_spool: bool = False) -> FlushReport | None:
+        """Flush the pipeline (None when this tracer has no store or sink); see ``Pipeline.force_flush``."""
+        return self.pipeline.force_flush(timeout, drain_spool=drain_spool) if self.pipeline else None
 
     def teardown_worker(self) -> None:
         if self.pipeline is not None:
@@ -162,7 +162,7 @@ class OtelTracer(Tracer):
             sequence=sequence,
             deliver=pipeline.submit if pipeline is not None else _discard,
             records=records,
-            sampled_out=pipeline.sampler.sampled_out(rollout) if pipeline is not None else frozenset(),
+            sampled_out=pipeline.sampled_out(rollout) if pipeline is not None else frozenset(),
             on_sampled_out=pipeline.count_sampled_out if pipeline is not None else (lambda: None),
             new_span_id=self.id_generator,
             root_otel_span=span,
