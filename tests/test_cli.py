@@ -115,6 +115,17 @@ def test_demo_run_twice_keeps_both_runs_and_reports_only_its_own(tmp_path: Path)
     assert len(spans_of_run(db, second_run)) == summary_counts(second[1])["total"][1]
 
 
+def test_demo_exits_1_and_names_the_reason_when_configured_sampling_drops_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTEMIT_KIND_SAMPLE_RATES", "message=0")  # a real pipeline setting, not a fault
+    code, out, _ = run(["demo", "--db", str(tmp_path / "lossy.db"), "--rollouts", "3"])
+    assert code == 1
+    emitted, stored = summary_counts(out)["message"]
+    assert emitted > 0 and stored == 0
+    assert f"LOST {emitted} event(s); drops by reason: {{'sampled_out': {emitted}}}" in out
+
+
 def test_demo_as_python_dash_m_subprocess_exits_0_with_nothing_lost(tmp_path: Path) -> None:
     db = tmp_path / "sub" / "agentemit.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTEMIT_")}

@@ -40,10 +40,11 @@ from agentemit.span import Span
 from agentemit.testing import capture_spans
 
 
-def emitted(emit: Callable[[], object]) -> list[Span]:
-    """The event spans ``emit`` records inside one rollout, as stored (the context's root span left out)."""
+def emitted(*emits: Callable[[], object]) -> list[Span]:
+    """The event spans ``emits`` record (called in order) inside one rollout, as stored (root span left out)."""
     with capture_spans() as captured, captured.tracer.trace_context(rollout_id="r-emit", attempt_id="a-emit"):
-        emit()
+        for emit in emits:
+            emit()
     return [s for s in captured.spans if s.name != semconv.SPAN_ROLLOUT]
 
 
@@ -78,7 +79,12 @@ def test_each_emit_call_records_a_span_named_as_agent_lightning_names_it() -> No
 
 
 def test_every_emitted_span_carries_rollout_attempt_and_increasing_sequence_ids_as_attributes() -> None:
-    spans = emitted(lambda: [emit_message("a"), emit_reward(0.5), emit_object(3), emit_exception(KeyError("k"))])
+    spans = emitted(
+        lambda: emit_message("a"),
+        lambda: emit_reward(0.5),
+        lambda: emit_object(3),
+        lambda: emit_exception(KeyError("k")),
+    )
     sequence = [s.attributes["agentlightning.span_sequence_id"] for s in spans]
     assert sequence == sorted(sequence) and len(set(sequence)) == 4
     for span in spans:
@@ -88,8 +94,14 @@ def test_every_emitted_span_carries_rollout_attempt_and_increasing_sequence_ids_
 
 
 def test_emit_calls_return_none() -> None:
+    calls: list[tuple[Callable[..., object], tuple[Any, ...]]] = [
+        (emit_message, ("m",)),
+        (emit_reward, (1,)),
+        (emit_exception, (OSError(),)),
+        (emit_object, (1,)),
+    ]
     results: list[object] = []
-    emitted(lambda: results.extend([emit_message("m"), emit_reward(1), emit_exception(OSError()), emit_object(1)]))
+    assert len(emitted(lambda: results.extend(fn(*args) for fn, args in calls))) == 4
     assert results == [None, None, None, None]
 
 
@@ -104,7 +116,7 @@ def test_a_message_is_stored_in_the_body_key_and_the_legacy_message_key() -> Non
 
 
 def test_an_empty_and_a_unicode_message_are_kept_exactly() -> None:
-    spans = emitted(lambda: [emit_message(""), emit_message("héllo ✓ 😀")])
+    spans = emitted(lambda: emit_message(""), lambda: emit_message("héllo ✓ 😀"))
     assert [get_message_value(s) for s in spans] == ["", "héllo ✓ 😀"]
 
 
@@ -134,7 +146,7 @@ def test_int_and_bool_rewards_are_stored_as_float(value: int, expected: float) -
 
 
 def test_a_number_like_reward_such_as_a_decimal_is_stored_as_float() -> None:
-    span = one(lambda: emit_reward(decimal.Decimal("0.25")))
+    span = one(lambda: emit_reward(decimal.Decimal("0.25")))  # type: ignore[arg-type]
     assert span.attributes["reward"] == 0.25 and type(span.attributes["reward"]) is float
 
 
@@ -164,7 +176,7 @@ def test_a_reward_that_is_not_a_number_raises_type_error_naming_the_reward(bad: 
 
 def test_a_dimension_that_is_not_a_number_raises_type_error_naming_the_dimension() -> None:
     with pytest.raises(TypeError, match=r"emit_reward: dimension 'accuracy' is 'high' \(str\); expected a finite"):
-        emit_reward({"score": 1.0, "accuracy": "high"}, primary_key="score")
+        emit_reward({"score": 1.0, "accuracy": "high"}, primary_key="score")  # type: ignore[dict-item]
     with pytest.raises(TypeError, match=r"dimension 'score' is None"):
         emit_reward({"score": None})  # type: ignore[dict-item]
 
@@ -345,7 +357,7 @@ def test_a_json_serializable_object_is_stored_as_json(value: Any, json_value: An
 
 def test_numpy_scalars_and_arrays_are_stored_as_json() -> None:
     np = pytest.importorskip("numpy", reason="numpy is optional and not installed")
-    spans = emitted(lambda: [emit_object(np.float32(0.5)), emit_object(np.arange(4).reshape(2, 2))])
+    spans = emitted(lambda: emit_object(np.float32(0.5)), lambda: emit_object(np.arange(4).reshape(2, 2)))
     assert [get_object_value(s) for s in spans] == [0.5, [[0, 1], [2, 3]]]
 
 
@@ -375,7 +387,7 @@ class _LongRepr:
 
 
 def test_an_object_whose_repr_raises_or_is_huge_is_stored_as_a_bounded_repr() -> None:
-    broken, long = emitted(lambda: [emit_object(_BrokenRepr()), emit_object(_LongRepr())])
+    broken, long = emitted(lambda: emit_object(_BrokenRepr()), lambda: emit_object(_LongRepr()))
     assert broken.attributes["agentlightning.object.repr"] == "<_BrokenRepr repr failed: RuntimeError>"
     text = long.attributes["agentlightning.object.repr"]
     assert isinstance(text, str) and text.endswith(semconv.TRUNCATED_SUFFIX)
@@ -412,7 +424,7 @@ def test_a_cyclic_object_is_bounded_and_marked_truncated() -> None:
     loop.append(loop)
     parent: dict[str, Any] = {"name": "p"}
     parent["self"] = parent
-    spans = emitted(lambda: [emit_object(loop), emit_object(parent)])
+    spans = emitted(lambda: emit_object(loop), lambda: emit_object(parent))
     assert [get_object_value(s) for s in spans] == [[1, "<list truncated>"], {"name": "p", "self": "<dict truncated>"}]
     assert all(s.attributes["agentlightning.object.truncated"] is True for s in spans)
 
@@ -491,7 +503,7 @@ def test_extra_attributes_otel_can_hold_are_kept_and_the_rest_become_json() -> N
         "bigs": [1, 2**63],
         7: "int key",
     }
-    span = one(lambda: emit_object(0, attributes=extra))
+    span = one(lambda: emit_object(0, attributes=extra))  # type: ignore[arg-type]
     a = span.attributes
     assert (a["scalars.s"], a["scalars.i"], a["scalars.f"], a["scalars.b"]) == ("x", 1, 0.5, True)
     assert a["ints"] == (1, 2, 3) and a["strs"] == ("a", "b")
@@ -508,24 +520,20 @@ def test_extra_attributes_otel_can_hold_are_kept_and_the_rest_become_json() -> N
 def test_extra_attributes_work_on_every_emit_call() -> None:
     extra = {"agent": {"step": 3}}
     spans = emitted(
-        lambda: [
-            emit_message("m", attributes=extra),
-            emit_reward(1.0, attributes=extra),
-            emit_exception(ValueError("v"), attributes=extra),
-            emit_object("o", attributes=extra),
-        ]
+        lambda: emit_message("m", attributes=extra),
+        lambda: emit_reward(1.0, attributes=extra),
+        lambda: emit_exception(ValueError("v"), attributes=extra),
+        lambda: emit_object("o", attributes=extra),
     )
     assert [s.attributes["agent.step"] for s in spans] == [3, 3, 3, 3]
 
 
 def test_extra_attributes_never_replace_the_events_own_attributes() -> None:
     spans = emitted(
-        lambda: [
-            emit_message("real", attributes={"message": "fake", "agentlightning": {"message": {"body": "fake"}}}),
-            emit_reward(0.5, attributes={"reward": "high", "agentlightning.reward.0.value": 9.0}),
-            emit_exception(KeyError("k"), attributes={"exception.type": "Nope"}),
-            emit_object(1, attributes={"agentlightning.object.literal": 2}),
-        ]
+        lambda: emit_message("real", attributes={"message": "fake", "agentlightning": {"message": {"body": "fake"}}}),
+        lambda: emit_reward(0.5, attributes={"reward": "high", "agentlightning.reward.0.value": 9.0}),
+        lambda: emit_exception(KeyError("k"), attributes={"exception.type": "Nope"}),
+        lambda: emit_object(1, attributes={"agentlightning.object.literal": 2}),
     )
     message, reward_span, exception, obj = spans
     assert (message.attributes["message"], get_message_value(message)) == ("real", "real")
@@ -593,14 +601,15 @@ def test_emits_without_a_trace_context_are_counted_no_ops_with_one_warning(
     fresh_no_tracer_warning: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = agentemit.stats()["no_tracer"]
+    calls: list[tuple[Callable[..., object], tuple[Any, ...]]] = [
+        (emit_message, ("lost",)),
+        (emit_reward, (1.0,)),
+        (emit_exception, (ValueError("x"),)),
+        (emit_object, ({"a": 1},)),
+        (emit_message, ("lost again",)),
+    ]
     with caplog.at_level(logging.WARNING, logger="agentemit"):
-        results = [
-            emit_message("lost"),
-            emit_reward(1.0),
-            emit_exception(ValueError("x")),
-            emit_object({"a": 1}),
-            emit_message("lost again"),
-        ]
+        results = [fn(*args) for fn, args in calls]
     assert results == [None] * 5
     assert agentemit.stats()["no_tracer"] - before == 5
     warnings = [r for r in caplog.records if r.name == "agentemit" and "no active trace_context" in r.getMessage()]

@@ -117,15 +117,15 @@ def fmt_ratio(value: float) -> str:
     return "n/a" if value != value or math.isinf(value) else f"{value:,.1f}x"
 
 
-def render_table(columns: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
-    """Columns padded to their widest cell; the first column left-aligned, the others right-aligned."""
+def render_table(columns: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ", left: int = 1) -> str:
+    """Columns padded to their widest cell: the first ``left`` left-aligned (labels), the rest right-aligned."""
     widths = [len(c) for c in columns]
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
 
     def line(cells: Sequence[str]) -> str:
-        parts = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        parts = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
         return (indent + "  ".join(parts)).rstrip()
 
     rule = (indent + "  ".join("-" * w for w in widths)).rstrip()
@@ -195,4 +195,4 @@ def render_summary(sections: Sequence[Section], failed: dict[str, str]) -> str:
     passed = sum(1 for s in sections for c in s.checks if c.passed)
     total = sum(len(s.checks) for s in sections)
     head = f"== summary: {passed} of {total} targets met =="
-    return head + "\n" + render_table(["section", "target", "measured", "goal", "verdict"], rows) + "\n"
+    return head + "\n" + render_table(["section", "target", "measured", "goal", "verdict"], rows, left=2) + "\n"

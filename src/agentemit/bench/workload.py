@@ -15,7 +15,7 @@ from typing import Any
 from agentemit import OtelTracer, PipelineConfig, emit_message, emit_reward, semconv
 from agentemit.emit.api import reward_attributes
 from agentemit.pipeline.builder import build_span
-from agentemit.span import Span
+from agentemit.span import Attributes, Span
 from agentemit.stores import SqliteStore
 from agentemit.tracing.context import RawRecord
 
@@ -63,7 +63,7 @@ def count_events(db: Path) -> int:
 
 def make_spans(n: int, tag: str, per_rollout: int = 1_000) -> list[Span]:
     """``n`` spans of the standard workload as the pipeline builds them, ``per_rollout`` to a rollout."""
-    resource = {"service.name": "agentemit-bench", "process.pid": 1}
+    resource: Attributes = {"service.name": "agentemit-bench", "process.pid": 1}
     spans: list[Span] = []
     now = time.time_ns()
     for i in range(n):

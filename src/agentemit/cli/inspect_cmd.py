@@ -78,10 +78,12 @@ def inspect_rollouts(store: SpanStore, label: str, *, limit: int, as_json: bool,
 
 
 def _by_attempt(spans: Sequence[Span]) -> dict[str, list[Span]]:
+    """Spans grouped by attempt, attempts in the order they started (sequence ids restart per attempt)."""
     groups: dict[str, list[Span]] = {}
     for span in spans:
         groups.setdefault(span.attempt_id, []).append(span)
-    return groups
+    started = {a: min(s.start_time for s in group) for a, group in groups.items()}
+    return {a: groups[a] for a in sorted(groups, key=lambda a: (started[a], a))}
 
 
 def inspect_rollout(

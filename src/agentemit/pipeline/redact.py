@@ -44,6 +44,26 @@ from typing import Any, Final, Literal, TypeAlias
 import orjson
 
 from agentemit import semconv
+from agentemit.pipeline._redact_rules import (
+    BUILTIN_MIN_LEN,
+    BUILTIN_RULES,
+    EXEMPT_PREFIXES,
+    IDENTITY_KEYS,
+    JSON_KEYS,
+    JSON_START,
+    KEEP,
+    MARKER,
+    MASK_ALL,
+    PAIR_TRIGGERS,
+    PRIVATE_KEY,
+    builtin_key_tier,
+    cannot_match,
+    canonical,
+    compile_user_pattern,
+    masks,
+    may_match,
+    normalize_key,
+)
 from agentemit.span import Attributes, AttributeValue, Span, SpanEvent
 
 RedactMode: TypeAlias = Literal["mask", "hash"]
@@ -53,99 +73,13 @@ MASK: Final = "[REDACTED]"
 ERROR_MASK: Final = "[REDACTED:error]"
 STATUS_DESCRIPTION_KEY: Final = "status_description"  # the key a callback sees for the status description
 TRUNCATED_MARKER_SUFFIX: Final = ".truncated"  # ``<key>.truncated = True`` marks a trimmed tuple
-
-# Keys whose values are JSON by contract: when cut they become a JSON string, never broken JSON.
-JSON_KEYS: Final = frozenset(
-    {semconv.OBJECT_JSON, semconv.EVENT_PAYLOAD, semconv.AGENTOPS_TASK_OUTPUT, semconv.AGENTOPS_ENTITY_OUTPUT}
-)
-_IDENTITY_KEYS: Final = frozenset({semconv.ROLLOUT_ID, semconv.ATTEMPT_ID, semconv.SPAN_SEQUENCE_ID})
-_EXEMPT_PREFIXES: Final = (semconv.REWARD_PREFIX + ".",)
-
-# --- key-name rule ----------------------------------------------------------------------------
-
-# fmt: off
-_SECRET_KEY_NAMES: Final = frozenset({
-    "password", "passwd", "pwd", "passphrase", "secret", "api_key", "apikey", "authorization",
-    "auth", "cookie", "set_cookie", "private_key", "privatekey", "access_key", "accesskey",
-    "secret_key", "client_secret", "session_id", "sessionid", "credential", "credentials",
-})
-_SECRET_KEY_SUFFIXES: Final = tuple("_" + name for name in (
-    "password", "passwd", "passphrase", "secret", "api_key", "apikey", "authorization", "auth",
-    "cookie", "private_key", "access_key", "secret_key", "session_id", "credentials",
-))
-# fmt: on
-_SECRET_KEY_WORDS: Final = frozenset({"password", "passwd", "passphrase", "secret"})  # any ``_`` part
-
-# Tiers: what a matching key's value loses.
-_KEEP, _MASK_TEXT, _MASK_NON_BOOL, _MASK_ALL = 0, 1, 2, 3
-
-_CAMEL_1 = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_CAMEL_2 = re.compile(r"(?<=[A-Z])(?=[A-Z][a-z])")
-
-
-def normalize_key(segment: str) -> str:
-    """``X-Api-Key``, ``xApiKey``, ``X_API_KEY`` all become ``x_api_key``."""
-    segment = _CAMEL_2.sub("_", _CAMEL_1.sub("_", segment))
-    return segment.lower().replace("-", "_")
-
-
-def _builtin_key_tier(name: str) -> int:
-    if name in ("token",) or name.endswith("_token"):
-        return _MASK_TEXT
-    if name in _SECRET_KEY_NAMES or name.endswith(_SECRET_KEY_SUFFIXES):
-        return _MASK_NON_BOOL
-    if _SECRET_KEY_WORDS.intersection(name.split("_")):
-        return _MASK_NON_BOOL
-    return _KEEP
-
-
-# --- pattern rules ----------------------------------------------------------------------------
-# Each rule is one regex; a ``(?P<secret>...)`` group, when present, is the only part masked.
-# Values start with ``(?!\[REDACTED)`` (or exclude ``[``) so a masked value is never masked again.
-
-# A value starting with [ or { is a marker or a structure, not a secret.
-_PAIR_VALUE = r"(?![\[{])(?P<secret>[^\s\"'&;,<>\\)\]}]+)"
-# A private key block spans lines, so it gets its own pass before the others: in one combined pass a
-# ``name=value`` match glued to ``-----BEGIN`` would swallow the header and leave the key body behind.
-_PRIVATE_KEY = re.compile(
-    r"-----BEGIN[A-Z0-9 ]{0,40} PRIVATE KEY(?: BLOCK)?-----"
-    r"(?:[\s\S]*?-----END[A-Z0-9 ]{0,40} PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)"  # unterminated: to the end
-)
-_BUILTIN_RULES: Final[tuple[tuple[str, str], ...]] = (
-    ("url_password", r"://[^\s:/?#@\"'\\]*:(?!\[REDACTED)(?P<secret>[^\s/?#@\"'\\]+)@"),
-    (
-        "authorization_header",
-        # The scheme word (Bearer, Basic, token ...) is kept. Without one, the value must not be a word
-        # followed by more text: that word is a scheme whose token is already masked.
-        r"(?i:authorization)[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z][A-Za-z0-9_-]*\s+|(?![A-Za-z][A-Za-z0-9_-]*\s+\S))"
-        r"(?!\[REDACTED)(?P<secret>[^\s\"',;]+)",
-    ),
-    ("cookie_header", r"(?i:(?:set-)?cookie)[\"']?\s*[:=]\s*[\"']?(?!\[REDACTED)(?P<secret>[^\s\"'\\][^\r\n\"'\\]*)"),
-    ("bearer", r"(?i:bearer)\s+(?P<secret>[A-Za-z0-9\-._~+/]{12,}=*)"),
-    (
-        "secret_pair",
-        r"(?i:passw(?:or)?d|passphrase|secret(?:[_-]?key)?|token|api[_-]?key|access[_-]?key|private[_-]?key|signature"
-        r"|session[_-]?id|credentials?|(?<![A-Za-z0-9])(?:pwd|sig))[\"']?\s*[:=]\s*[\"']?" + _PAIR_VALUE,
-    ),
-    ("openai_key", r"(?<![A-Za-z0-9_-])sk-(?=[A-Za-z0-9_-]*[A-Z0-9])[A-Za-z0-9_-]{20,}"),
-    ("aws_access_key_id", r"(?<![0-9A-Z])(?:AKIA|ASIA)[0-9A-Z]{16}"),
-    ("github_token", r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})"),
-    ("jwt", r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
-    ("slack_token", r"(?<![A-Za-z0-9])xox[baprs]-[A-Za-z0-9-]{10,}"),
-    ("google_api_key", r"AIza[0-9A-Za-z_-]{35}"),
-)
-_BUILTIN_MIN_LEN: Final = 5  # no built-in rule matches fewer characters ("pwd=x")
-# Substring triggers: every built-in match contains one of them, and ``in`` is many times faster than
-# running the combined regex (Python's ``re`` tries each alternative at each position), so the regex
-# runs only on the rare value that holds a trigger.
-_LITERAL_TRIGGERS: Final = ("sk-", "AKIA", "ASIA", "eyJ", "xox", "AIza", "-----BEGIN")
-# Lowercase words of the header / ``name=value`` rules; those rules also need a ``:`` or ``=``.
-_PAIR_TRIGGERS: Final = ("auth", "cookie", "pass", "pwd", "secret", "token", "key", "sig", "session", "credential")
-_JSON_START = re.compile(r"\s*[\[{\"]")
-_MARKER = re.compile(r"\[REDACTED(?::(?:[0-9a-f]{12}|error))?\]")
 _WINDOW_MARGIN: Final = 4096  # scan this far past the size limit so a secret across the cut is still found
 _MAX_PASSES: Final = 4  # redact-and-cut until nothing changes (each pass after the first is rare)
-_KEY_CACHE_LIMIT: Final = 8192
+_CACHE_LIMIT: Final = 4096  # entries per cache (key tiers, key plans, clean texts); full means cleared
+_CLEAN_TEXT_MAX_LEN: Final = 128  # texts up to this long are remembered as clean (ids, names, labels)
+# What the fast check does with a key (see Redactor._unchanged).
+_CHECK_VALUE, _SKIP, _FULL_PATH = 0, 1, 2
+_JSON_FIRST: Final = '[{"'  # a text starting so (after any whitespace) may be JSON
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -236,20 +170,26 @@ class Redactor:
         self._max_len = max_value_len
         self._max_items = max_tuple_len
         self._callback = callback
-        compiled = [_compile_user_pattern(p) for p in patterns]
+        compiled = [compile_user_pattern(p) for p in patterns]
         self._user_patterns = [(p, self._user_replacer(p)) for p in compiled]
         self._user_keys = frozenset(normalize_key(k) for k in keys)
         self._combined = re.compile(
             "|".join(
-                f"(?P<r{i}>{body.replace('(?P<secret>', f'(?P<s{i}>')})" for i, (_, body) in enumerate(_BUILTIN_RULES)
+                f"(?P<r{i}>{body.replace('(?P<secret>', f'(?P<s{i}>')})" for i, (_, body) in enumerate(BUILTIN_RULES)
             )
         )
-        self._secret_group = [f"s{i}" if "(?P<secret>" in body else None for i, (_, body) in enumerate(_BUILTIN_RULES)]
+        self._secret_group = [f"s{i}" if "(?P<secret>" in body else None for i, (_, body) in enumerate(BUILTIN_RULES)]
         # A JSON object key the key rule could match holds one of these (lowercased) substrings.
-        self._json_key_triggers = _PAIR_TRIGGERS + tuple(max(re.split(r"[._]", k), key=len) for k in self._user_keys)
+        self._json_key_triggers = PAIR_TRIGGERS + tuple(max(re.split(r"[._]", k), key=len) for k in self._user_keys)
         self._key_tiers: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stats = RedactionStats()
+        # The fast check (see _unchanged). A callback sees every value, so it turns the check off.
+        self._fast = callback is None
+        self._user_searches = tuple(pattern.search for pattern in compiled)
+        self._key_plans: dict[str, int] = {}
+        self._clean_texts: dict[str, None] = {}  # an insertion-ordered set; values are all None
+        self._description_checked = self._key_tier(STATUS_DESCRIPTION_KEY) == KEEP
 
     # --- public -------------------------------------------------------------------------------
 
@@ -257,6 +197,116 @@ class Redactor:
         """Return ``span`` itself when nothing needed redacting, else a redacted copy."""
         if not self.enabled:
             return span
+        if self._fast:
+            try:
+                if self._unchanged(span):
+                    return span
+            except Exception:  # noqa: S110 - the full path below decides, and handles errors per value
+                pass
+        return self._redact(span)
+
+    def stats(self) -> RedactionStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return self._stats
+
+    def redact_text(self, text: str) -> str:
+        """Apply the pattern and size rules to one string (as if it were an attribute value)."""
+        return self._text(text, "", _Tally())
+
+    # --- the fast check -----------------------------------------------------------------------
+
+    def _unchanged(self, span: Span) -> bool:
+        """True when no rule would change ``span``, decided without allocating anything.
+
+        Almost every span has nothing to redact, and this check costs a fraction of the full path:
+        a key's plan is cached (identity keys are skipped, secret keys take the full path), numbers
+        and bools under other keys are never changed, and a text is clean when it is within the size
+        limit and no pattern can match it (short clean texts are remembered). False only means "take
+        the full path", which decides for itself.
+        """
+        if not self._clean(span.attributes):
+            return False
+        if span.resource and not self._clean(span.resource):
+            return False
+        for event in span.events:
+            if event.attributes and not self._clean(event.attributes):
+                return False
+        description = span.status_description
+        return description is None or (self._description_checked and self._clean_text(description))
+
+    def _clean(self, attrs: Mapping[str, AttributeValue]) -> bool:
+        plans, texts = self._key_plans, self._clean_texts
+        last_text = None  # one message is often under two keys (the body and its legacy alias)
+        for key, value in attrs.items():
+            plan = plans.get(key)
+            if plan is None:
+                plan = self._plan(key)
+            if plan:
+                if plan == _SKIP:
+                    continue
+                return False
+            cls = type(value)
+            if cls is str:
+                if value is last_text or (len(value) <= _CLEAN_TEXT_MAX_LEN and value in texts):  # type: ignore[arg-type]
+                    continue
+                if not self._clean_text(value):  # type: ignore[arg-type]
+                    return False
+                last_text = value
+            elif cls is float or cls is int or cls is bool:
+                continue
+            elif cls is not tuple or not self._clean_tuple(value):  # type: ignore[arg-type]
+                return False
+        return True
+
+    def _clean_tuple(self, value: tuple[Any, ...]) -> bool:
+        if len(value) > self._max_items:
+            return False
+        if not value or not isinstance(value[0], str):
+            return True  # as in _tuple: only a tuple that starts with a str has its items scanned
+        texts = self._clean_texts
+        for item in value:
+            if type(item) is str:
+                if not (len(item) <= _CLEAN_TEXT_MAX_LEN and item in texts) and not self._clean_text(item):
+                    return False
+            elif isinstance(item, str):
+                return False
+        return True
+
+    def _clean_text(self, text: str) -> bool:
+        """True when the pattern and size rules leave ``text`` as it is; short clean texts are remembered."""
+        if len(text) > self._max_len:
+            return False
+        first = text[:1]
+        if first and (first in _JSON_FIRST or first.isspace()):  # may be JSON: as in _scan
+            if may_match(text) or any(word in text.lower() for word in self._json_key_triggers):
+                return False
+        elif len(text) >= BUILTIN_MIN_LEN and not cannot_match(text):
+            return False
+        if self._user_searches and any(search(text) for search in self._user_searches):
+            return False
+        if len(text) <= _CLEAN_TEXT_MAX_LEN:
+            texts = self._clean_texts
+            if len(texts) >= _CACHE_LIMIT:
+                texts.clear()
+            texts[text] = None
+        return True
+
+    def _plan(self, key: object) -> int:
+        if not isinstance(key, str):
+            plan = _FULL_PATH
+        elif key in IDENTITY_KEYS:
+            plan = _SKIP
+        else:
+            plan = _FULL_PATH if self._key_tier(key) else _CHECK_VALUE
+        if len(self._key_plans) >= _CACHE_LIMIT:
+            self._key_plans.clear()
+        self._key_plans[key] = plan  # type: ignore[index]
+        return plan
+
+    # --- the full path ------------------------------------------------------------------------
+
+    def _redact(self, span: Span) -> Span:
         tally = _Tally()
         changes: dict[str, Any] = {}
         attributes = self._attributes(span.attributes, tally)
@@ -283,15 +333,6 @@ class Redactor:
                     rule_errors=s.rule_errors + tally.errors,
                 )
         return dataclasses.replace(span, **changes) if changes else span
-
-    def stats(self) -> RedactionStats:
-        """A snapshot of the counters."""
-        with self._lock:
-            return self._stats
-
-    def redact_text(self, text: str) -> str:
-        """Apply the pattern and size rules to one string (as if it were an attribute value)."""
-        return self._text(text, "", _Tally())
 
     # --- attributes ---------------------------------------------------------------------------
 
@@ -328,7 +369,7 @@ class Redactor:
 
     def _value(self, key: str, value: AttributeValue, tally: _Tally) -> AttributeValue | None:
         """``value`` itself when unchanged; a replacement; or None to drop it (callback's choice)."""
-        if key in _IDENTITY_KEYS:
+        if key in IDENTITY_KEYS:
             return value
         before = tally.redacted
         try:
@@ -348,11 +389,11 @@ class Redactor:
 
     def _rules(self, key: str, value: AttributeValue, tally: _Tally) -> AttributeValue:
         tier = self._key_tier(key)
-        if tier and _masks(tier, value):
-            if isinstance(value, str) and _MARKER.fullmatch(value):
+        if tier and masks(tier, value):
+            if isinstance(value, str) and MARKER.fullmatch(value):
                 return value
             tally.redacted += 1
-            return self._mask(_canonical(value))
+            return self._mask(canonical(value))
         if isinstance(value, str):
             return self._text(value, key, tally)
         if isinstance(value, tuple):
@@ -380,12 +421,12 @@ class Redactor:
         if tier is None:
             last = normalize_key(key.rpartition(".")[2])
             if self._user_keys and (last in self._user_keys or normalize_key(key) in self._user_keys):
-                tier = _MASK_ALL
-            elif key.startswith(_EXEMPT_PREFIXES):
-                tier = _KEEP
+                tier = MASK_ALL
+            elif key.startswith(EXEMPT_PREFIXES):
+                tier = KEEP
             else:
-                tier = _builtin_key_tier(last)
-            if len(self._key_tiers) >= _KEY_CACHE_LIMIT:
+                tier = builtin_key_tier(last)
+            if len(self._key_tiers) >= _CACHE_LIMIT:
                 self._key_tiers.clear()
             self._key_tiers[key] = tier
         return tier
@@ -430,9 +471,9 @@ class Redactor:
 
     def _scan(self, text: str, depth: int) -> str:
         """Apply the pattern rules (structurally for JSON); ``text`` itself when nothing matched."""
-        if depth < 2 and _JSON_START.match(text):
+        if depth < 2 and JSON_START.match(text):
             if not (
-                _may_match(text)
+                may_match(text)
                 or any(word in text.lower() for word in self._json_key_triggers)
                 or any(pattern.search(text) for pattern, _ in self._user_patterns)
             ):
@@ -442,10 +483,10 @@ class Redactor:
             except _JsonNotParsed:
                 pass
         out = text
-        if len(text) >= _BUILTIN_MIN_LEN and _may_match(text):
+        if len(text) >= BUILTIN_MIN_LEN and may_match(text):
             new = text
             if "-----BEGIN" in new:
-                new = _PRIVATE_KEY.sub(lambda match: self._mask(match.group()), new)
+                new = PRIVATE_KEY.sub(lambda match: self._mask(match.group()), new)
             new = self._combined.sub(self._replace_builtin, new)
             if new != text:
                 out = new
@@ -471,8 +512,8 @@ class Redactor:
         def replace(match: re.Match[str]) -> str:
             if not has_secret or not match.group("secret"):
                 whole = match.group()
-                return whole if not whole or _MARKER.fullmatch(whole) else self._mask(whole)
-            if _MARKER.fullmatch(match.group("secret")):
+                return whole if not whole or MARKER.fullmatch(whole) else self._mask(whole)
+            if MARKER.fullmatch(match.group("secret")):
                 return match.group()
             start, end = match.span("secret")
             whole, offset = match.group(), match.start()
@@ -511,9 +552,9 @@ class Redactor:
             changed = False
             for key, value in node.items():
                 new_key = self._scan(key, depth + 1) if isinstance(key, str) else key
-                tier = self._key_tier(key) if isinstance(key, str) else _KEEP
-                if tier and _masks(tier, value) and not (isinstance(value, str) and _MARKER.fullmatch(value)):
-                    new_value: Any = self._mask(_canonical(value))
+                tier = self._key_tier(key) if isinstance(key, str) else KEEP
+                if tier and masks(tier, value) and not (isinstance(value, str) and MARKER.fullmatch(value)):
+                    new_value: Any = self._mask(canonical(value))
                     item_changed = True
                 else:
                     new_value, item_changed = self._walk(value, depth)
@@ -527,51 +568,3 @@ class Redactor:
             return MASK
         digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
         return f"[REDACTED:{digest[:12]}]"
-
-
-def _may_match(text: str) -> bool:
-    """False when no built-in pattern can match ``text`` (checked with substring tests only)."""
-    for trigger in _LITERAL_TRIGGERS:
-        if trigger in text:
-            return True
-    if ("://" in text and "@" in text) or ("gh" in text and "_" in text):  # URL password; gh?_ / github_pat_
-        return True
-    lower = text.lower()
-    if "bearer" in lower:
-        return True
-    if ":" in text or "=" in text:
-        for trigger in _PAIR_TRIGGERS:
-            if trigger in lower:
-                return True
-    return False
-
-
-def _masks(tier: int, value: object) -> bool:
-    """Does a key of this tier mask this value? A tuple goes by its items' type."""
-    if tier == _MASK_ALL:
-        return True
-    if isinstance(value, (tuple, list)):
-        if not value:
-            return False
-        value = value[0]
-    if value is None or isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float)):
-        return tier == _MASK_NON_BOOL
-    return True
-
-
-def _canonical(value: object) -> str:
-    """The text hashed in ``"hash"`` mode: equal values give equal tags."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=repr)
-
-
-def _compile_user_pattern(pattern: str | re.Pattern[str]) -> re.Pattern[str]:
-    if isinstance(pattern, re.Pattern):
-        return pattern
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"Redactor: pattern {pattern!r} is not a valid regex: {exc}") from exc

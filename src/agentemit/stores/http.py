@@ -79,6 +79,7 @@ class HttpStore(SpanStore):
         max_retries: rounds over all URLs after the first, each preceded by a backoff.
         backoff: first wait in seconds; it doubles every round (a longer Retry-After wins).
         sleep: how to wait (injected in tests).
+        lookup_timeout: per-URL time limit of the sequence-id lookup made when a rollout opens.
 
     Raises:
         ValueError: for a URL that is not http(s), an unknown compression or negative retry settings.
@@ -97,6 +98,7 @@ class HttpStore(SpanStore):
         max_retries: int = 3,
         backoff: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
+        lookup_timeout: float = 1.0,
     ) -> None:
         self.urls: tuple[str, ...] = (_check_url(url), *(_check_url(u) for u in backup_urls))
         self.compression = check_compression(compression)
@@ -107,6 +109,7 @@ class HttpStore(SpanStore):
         if not timeout > 0:
             raise ValueError(f"http store: timeout {timeout!r} must be > 0")
         self.timeout = timeout
+        self.lookup_timeout = lookup_timeout
         self.max_retries = max_retries
         self.backoff = backoff
         self._sleep = sleep
@@ -139,12 +142,18 @@ class HttpStore(SpanStore):
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
     ) -> Any:
-        """Send to the active URL, failing over and backing off; returns the decoded JSON answer."""
+        """Send to the active URL, failing over and backing off; returns the decoded JSON answer.
+
+        ``retries``/``timeout`` override the store's for calls an agent thread waits on.
+        """
         if self._closed:
             raise StoreClosedError("http store: used after close(); open a new store")
         last_error = "no attempt made"
-        for round_no in range(self.max_retries + 1):
+        max_retries = self.max_retries if retries is None else retries
+        for round_no in range(max_retries + 1):
             retry_after: float | None = None
             start = self._active
             for step in range(len(self.urls)):
@@ -152,7 +161,12 @@ class HttpStore(SpanStore):
                 where = f"{method} {self.urls[index]}{path}"
                 try:
                     response = self._client.request(
-                        method, self.urls[index] + path, content=content, headers=headers, params=params
+                        method,
+                        self.urls[index] + path,
+                        content=content,
+                        headers=headers,
+                        params=params,
+                        timeout=self.timeout if timeout is None else timeout,
                     )
                 except httpx.TransportError as exc:
                     last_error = f"{where}: {type(exc).__name__}: {exc}"
@@ -175,10 +189,10 @@ class HttpStore(SpanStore):
                     if wait > _MAX_WAIT:  # do not block the caller that long: let its retry layer schedule it
                         raise HttpStoreError(f"http store: {last_error}", status=status, retry_after=wait)
                     retry_after = max(retry_after or 0.0, wait)
-            if round_no < self.max_retries:
+            if round_no < max_retries:
                 self._sleep(max(self.backoff * 2**round_no, retry_after or 0.0))
         raise HttpStoreError(
-            f"http store: gave up after {self.max_retries + 1} rounds over {len(self.urls)} URL(s); last: {last_error}"
+            f"http store: gave up after {max_retries + 1} rounds over {len(self.urls)} URL(s); last: {last_error}"
         )
 
     @staticmethod
@@ -249,8 +263,13 @@ class HttpStore(SpanStore):
             raise HttpStoreError(f"http store: rollout summaries came back malformed: {exc}") from exc
 
     def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        """Asked when a rollout opens, on the agent's thread: one try per URL, ``lookup_timeout`` each."""
         answer = self._request(
-            "GET", self._rollout_path(rollout_id, "next_sequence_id"), params={"attempt_id": attempt_id}
+            "GET",
+            self._rollout_path(rollout_id, "next_sequence_id"),
+            params={"attempt_id": attempt_id},
+            retries=0,
+            timeout=min(self.timeout, self.lookup_timeout),
         )
         return int(answer["next"])
 

@@ -137,14 +137,15 @@ def _start(method: str, url: str, host: str | None, port: int | None, request_si
         return None
 
 
-def _succeed(span: Any, status: int, response_size: int | None, protocol: str | None) -> None:
+def _succeed(span: Any, status: int | None, response_size: int | None, protocol: str | None) -> None:
     try:
-        span.set_attribute("http.response.status_code", status)
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
         if response_size is not None:
             span.set_attribute("http.response.body.size", response_size)
         if protocol:
             span.set_attribute("network.protocol.version", protocol)
-        if status >= 400:  # a client span's error, per OpenTelemetry HTTP semantic conventions
+        if status is not None and status >= 400:  # a client span's error, per OpenTelemetry HTTP semantic conventions
             span.set_attribute("error.type", str(status))
             span.set_status(otel_trace.Status(otel_trace.StatusCode.ERROR))
         span.end()
@@ -161,9 +162,11 @@ def _abandon(span: Any) -> None:
 def _fail(span: Any, exc: BaseException, raw_url: str) -> None:
     """Record ``exc`` on the span, with the request's raw URL scrubbed from its text, and end it."""
     try:
-        safe_url = redact_url(raw_url)
-        message = str(exc).replace(raw_url, safe_url)
-        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).replace(raw_url, safe_url)
+        message = str(exc)
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if raw_url:
+            safe_url = redact_url(raw_url)
+            message, stack = message.replace(raw_url, safe_url), stack.replace(raw_url, safe_url)
         kind = type(exc)
         span.record_exception(exc, attributes={"exception.message": message, "exception.stacktrace": stack})
         span.set_attribute("error.type", f"{kind.__module__}.{kind.__qualname__}")
@@ -207,13 +210,14 @@ def _httpx_start(request: Any) -> Any:
 
 
 def _httpx_succeed(span: Any, response: Any) -> None:
+    status: int | None
     try:
         status = int(response.status_code)
         size = _content_length(response.headers.get("content-length"))
         protocol = str(response.http_version).removeprefix("HTTP/")
     except Exception:
         logger.debug("http tracer: could not read an httpx response", exc_info=True)
-        status, size, protocol = 0, None, ""
+        status, size, protocol = None, None, ""
     _succeed(span, status, size, protocol)
 
 
@@ -338,6 +342,7 @@ def _wrap_request(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _wrap_getresponse(original: Callable[..., Any]) -> Callable[..., Any]:
     def getresponse(self: http.client.HTTPConnection) -> Any:
+        status: int | None
         pending: tuple[Any, str] | None = self.__dict__.pop(_PENDING_ATTR, None)
         if pending is None:
             return original(self)
@@ -353,7 +358,7 @@ def _wrap_getresponse(original: Callable[..., Any]) -> Callable[..., Any]:
             status = int(response.status)
         except Exception:
             logger.debug("http tracer: could not read an http.client response", exc_info=True)
-            version, size, status = None, None, 0
+            version, size, status = None, None, None
         _succeed(span, status, size, version)
         return response
 

@@ -7,6 +7,7 @@ too, with parent/child links kept, because the context's root span is the curren
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from agentemit.tracing.base import Tracer
 from agentemit.tracing.context import CURRENT, RawRecord, RolloutContext, counter
 from agentemit.tracing.processor import RolloutSpanProcessor
 
+logger = logging.getLogger("agentemit")
 _PROVIDER_LOCK = threading.Lock()
 _PROCESSOR = RolloutSpanProcessor()
 _provider: TracerProvider | None = None
@@ -92,6 +94,7 @@ class OtelTracer(Tracer):
         self.pipeline: Pipeline | None = None
         self._otel_tracer: otel_trace.Tracer | None = None
         self._lock = threading.Lock()
+        self.sequence_lookup_failures = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -135,7 +138,10 @@ class OtelTracer(Tracer):
         self.teardown_worker()
 
     def stats(self) -> dict[str, Any]:
-        return self.pipeline.stats_snapshot() if self.pipeline else {}
+        """The pipeline's counters (see ``Pipeline.stats_snapshot``) plus this tracer's own."""
+        snapshot = self.pipeline.stats_snapshot() if self.pipeline else {}
+        snapshot["sequence_lookup_failures"] = self.sequence_lookup_failures
+        return snapshot
 
     # --- contexts -------------------------------------------------------------------------------
 
@@ -149,8 +155,7 @@ class OtelTracer(Tracer):
         span = self._otel_tracer.start_span(name or semconv.SPAN_ROLLOUT, context=otel_parent)
         sc = span.get_span_context()
         if new_rollout or parent is None:
-            start = self.store.get_next_span_sequence_id(rollout, attempt) if self.store is not None else 0
-            sequence = counter(start)
+            sequence = counter(self._sequence_start(rollout, attempt))
             records: list[RawRecord] | None = [] if self.keep_last_trace else None
         else:
             sequence, records = parent.sequence, parent.records
@@ -181,6 +186,28 @@ class OtelTracer(Tracer):
         otel_token = otel_context.attach(otel_trace.set_span_in_context(span, otel_parent))
         token = CURRENT.set(ctx)
         return ctx, (ctx, span, otel_token, token, owns_registration)
+
+    def _sequence_start(self, rollout_id: str, attempt_id: str) -> int:
+        """Where a rollout's sequence ids continue from; never raises into the agent.
+
+        An unreachable store (a remote server that is down) must not stop a rollout from opening: the
+        ids then start at 0, which is right for every new attempt, and the failure is logged and counted.
+        """
+        if self.store is None:
+            return 0
+        try:
+            return self.store.get_next_span_sequence_id(rollout_id, attempt_id)
+        except Exception as exc:
+            self.sequence_lookup_failures += 1
+            if self.sequence_lookup_failures == 1 or self.sequence_lookup_failures % 100 == 0:
+                logger.warning(
+                    "agentemit: could not ask the store where rollout %r continues (%s); its sequence ids "
+                    "start at 0 (%d such failure(s) so far)",
+                    rollout_id,
+                    exc,
+                    self.sequence_lookup_failures,
+                )
+            return 0
 
     def _exit(self, state: Any, exc: BaseException | None) -> None:
         ctx, span, otel_token, token, owns_registration = state
