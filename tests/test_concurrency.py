@@ -146,8 +146,12 @@ def test_threads_sharing_one_rollout_through_copied_contexts_get_unique_sequence
     with sqlite_tracer.trace_context(rollout_id="shared"):
         contexts = [contextvars.copy_context() for _ in range(8)]
 
+        def emit_500(i: int) -> None:
+            for j in range(500):
+                emit_message(f"s{i}-{j}")
+
         def emit_in(i: int) -> None:
-            contexts[i].run(lambda: [emit_message(f"s{i}-{j}") for j in range(500)])
+            contexts[i].run(emit_500, i)
 
         run_threads(8, emit_in)
     flush(sqlite_tracer)

@@ -49,8 +49,10 @@ def hand_built(name: str, attributes: Mapping[str, Any], seq: int = 0) -> Span:
     )
 
 
-AL02_REWARD = ("agentlightning.reward", {"reward": 0.25})
-AL03_ANNOTATION = (
+Spec = tuple[str, Mapping[str, Any]]  # (span name, attributes)
+
+AL02_REWARD: Spec = ("agentlightning.reward", {"reward": 0.25})
+AL03_ANNOTATION: Spec = (
     "agentlightning.annotation",
     {
         "agentlightning.reward.0.name": "task",
@@ -59,14 +61,15 @@ AL03_ANNOTATION = (
         "agentlightning.reward.1.value": -0.5,
     },
 )
-AGENTOPS_TASK_JSON = (
+AGENTOPS_TASK_JSON: Spec = (
     "agentops.task",
     {"agentops.task.output": orjson.dumps({"type": "reward", "value": 0.6}).decode()},
 )
-AGENTOPS_ENTITY_JSON = ("tool", {"agentops.entity.output": '{"type": "reward", "value": 2}'})
-AGENTOPS_TASK_DICT = ("agentops.task", {"agentops.task.output": {"type": "reward", "value": 0.9}})  # not OTel-holdable
+AGENTOPS_ENTITY_JSON: Spec = ("tool", {"agentops.entity.output": '{"type": "reward", "value": 2}'})
+# A dict value: only our Span can hold it (OpenTelemetry would drop it).
+AGENTOPS_TASK_DICT: Spec = ("agentops.task", {"agentops.task.output": {"type": "reward", "value": 0.9}})
 
-NOT_REWARDS = [
+NOT_REWARDS: list[Spec] = [
     ("llm.call", {"reward": 5.0}),  # a reward key on a span that is not a reward span
     ("agentops.task", {"agentops.task.output": '{"type": "answer", "value": 1}'}),
     ("agentops.task", {"agentops.task.output": "not json {"}),
@@ -77,7 +80,7 @@ NOT_REWARDS = [
 ]
 
 
-def sdk_spans(specs: list[tuple[str, Mapping[str, Any]]]) -> list[ReadableSpan]:
+def sdk_spans(specs: list[Spec]) -> list[ReadableSpan]:
     """Real OpenTelemetry SDK spans (from a private provider, so the global one is untouched)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -90,17 +93,17 @@ def sdk_spans(specs: list[tuple[str, Mapping[str, Any]]]) -> list[ReadableSpan]:
     return list(exporter.get_finished_spans())
 
 
-Form = Callable[[list[tuple[str, Mapping[str, Any]]]], list[Any]]
+Form = Callable[[list[Spec]], list[Any]]
 
 
-def as_spans(specs: list[tuple[str, Mapping[str, Any]]]) -> list[Any]:
+def as_spans(specs: list[Spec]) -> list[Any]:
     return [hand_built(name, attrs, seq) for seq, (name, attrs) in enumerate(specs)]
 
 
 @pytest.fixture(params=["Span", "ReadableSpan"])
 def form(request: pytest.FixtureRequest) -> Form:
     """Each test runs on our Span records and on real OpenTelemetry SDK spans."""
-    return as_spans if request.param == "Span" else sdk_spans  # type: ignore[return-value]
+    return as_spans if request.param == "Span" else sdk_spans
 
 
 # --- rewards in every historical format ------------------------------------------------------------
@@ -122,9 +125,8 @@ def test_agent_lightning_0_3_annotation_rewards_are_read_with_every_dimension(fo
 
 
 def test_unnamed_reward_dimensions_get_positional_names(form: Form) -> None:
-    (span,) = form(
-        [("agentlightning.annotation", {"agentlightning.reward.0.value": 3, "agentlightning.reward.1.value": 4})]
-    )
+    unnamed = {"agentlightning.reward.0.value": 3, "agentlightning.reward.1.value": 4}
+    (span,) = form([("agentlightning.annotation", unnamed)])
     assert get_rewards(span) == {"reward_0": 3.0, "reward_1": 4.0}
 
 
@@ -144,7 +146,7 @@ def test_an_agentops_output_holding_a_dict_reward_is_read() -> None:
     assert is_reward_span(span)
 
 
-@pytest.mark.parametrize("spec", NOT_REWARDS, ids=[f"{n}:{sorted(a)}" for n, a in NOT_REWARDS])
+@pytest.mark.parametrize("spec", NOT_REWARDS, ids=[f"{n}:{','.join(a)}" for n, a in NOT_REWARDS])
 def test_spans_carrying_no_reward_read_as_none(form: Form, spec: Any) -> None:
     (span,) = form([spec])
     assert get_reward_value(span) is None
@@ -241,9 +243,8 @@ def _our_spans() -> list[Span]:
 
 @pytest.mark.parametrize("readable", [False, True], ids=["Span", "ReadableSpan"])
 def test_readers_read_what_the_emit_calls_wrote(readable: bool) -> None:
-    spans: list[SpanLike] = list(_our_spans())
-    if readable:
-        spans = [s.to_readable_span() for s in spans]  # type: ignore[union-attr]
+    ours = _our_spans()
+    spans: list[SpanLike] = [s.to_readable_span() for s in ours] if readable else list(ours)
     _, message, first, plan, raw, error, final = spans
     assert get_message_value(message) == "thinking"
     assert get_object_value(plan) == {"plan": ["a", "b"]}

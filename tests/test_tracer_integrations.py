@@ -507,13 +507,6 @@ class _SuppressionProbeSink:
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Pipeline.force_flush exports from the caller's thread (run_once when the worker is not "
-    "running, _replay of the spool always) without OpenTelemetry's suppress-instrumentation key, so HTTP "
-    "instrumentation in the host records the pipeline's own exports; fix: attach the key around "
-    "force_flush's body (and sink.shutdown in shutdown), as _run_worker does",
-)
 def test_exports_run_from_the_callers_thread_suppress_instrumentation(tmp_spool: PipelineConfig) -> None:
     sink = _SuppressionProbeSink()
     pipeline = Pipeline(sink, tmp_spool, start=False)

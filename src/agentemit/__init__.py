@@ -38,7 +38,9 @@ from agentemit.pipeline.stats import DropReason
 from agentemit.span import Span, SpanEvent
 from agentemit.stores import InMemoryStore, SqliteStore, open_store
 from agentemit.stores.base import RolloutSummary, SpanStore
+from agentemit.tracing.agentops import AgentOpsTracer
 from agentemit.tracing.base import Tracer
+from agentemit.tracing.http import HttpTracer
 from agentemit.tracing.otel import OtelTracer
 
 __version__ = "0.1.0"
@@ -56,6 +58,7 @@ def stats() -> dict[str, Any]:
 
 
 __all__ = [
+    "AgentOpsTracer",
     "ConfigError",
     "DropReason",
     "Event",
@@ -63,6 +66,7 @@ __all__ = [
     "EventValidationError",
     "EventVersionError",
     "FlushReport",
+    "HttpTracer",
     "InMemoryStore",
     "OtelTracer",
     "Pipeline",

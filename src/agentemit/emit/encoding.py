@@ -182,9 +182,12 @@ def _attribute_value(value: Any) -> AttributeValue:
         return value
     if isinstance(value, (list, tuple)) and value:
         first = type(value[0])
-        if first in (str, bool, int, float) and all(type(v) is first for v in value):
-            if first is not int or all(_INT64_MIN <= v <= _INT64_MAX for v in value):
-                return tuple(value)
+        if (
+            first in (str, bool, int, float)
+            and all(type(v) is first for v in value)
+            and (first is not int or all(_INT64_MIN <= v <= _INT64_MAX for v in value))
+        ):
+            return tuple(value)
     marker = _Truncated()
     try:
         return orjson.dumps(to_jsonable(value, marker)).decode("utf-8")

@@ -45,7 +45,7 @@ def build_pipeline(
     if sink is None:
         if store is None:
             raise ValueError("build_pipeline: give a store or a sink")
-        sink = StoreSink(store)
+        sink = StoreSink(store, close_store=False)  # the caller's store: they close it
     config = config or PipelineConfig.from_env()
     requires_rollout = store.requires_rollout if store is not None else True
     chosen = (

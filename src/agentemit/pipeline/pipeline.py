@@ -15,6 +15,7 @@ Accounting (exact at quiescence)::
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import os
@@ -23,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,7 +261,10 @@ class Pipeline:
             self._spiller.start()
 
     def _run_worker(self) -> None:
-        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        with _instrumentation_suppressed():
+            self._worker_loop()
+
+    def _worker_loop(self) -> None:
         try:
             self._recover_at_start()
             next_tick = self.clock() + self.config.flush_interval
@@ -277,8 +281,6 @@ class Pipeline:
                     break
         except Exception:  # the worker must never die silently
             logger.exception("agentemit pipeline worker crashed; events stay in the queue")
-        finally:
-            otel_context.detach(token)
 
     def _recover_at_start(self) -> None:
         try:
@@ -461,14 +463,11 @@ class Pipeline:
             self._in_spool -= count
 
     def _run_spiller(self) -> None:
-        token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
-        try:
+        with _instrumentation_suppressed():
             while not (self._stop.is_set() and not self._spill):
                 self._spill_wake.wait(0.05)
                 self._spill_wake.clear()
                 self._drain_spill()
-        finally:
-            otel_context.detach(token)
 
     def _drain_spill(self) -> None:
         spill = self._spill
@@ -597,23 +596,27 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         self._flush_all.set()
         try:
-            while self.pending() and time.monotonic() < deadline:
-                self._wake.set()
-                self._spill_wake.set()
-                if self._worker is None or not self._worker.is_alive():
-                    self._drain_spill()
-                    self.run_once(flush_all=True)
-                with self._idle:
-                    self._idle.wait(min(0.01, max(0.0, deadline - time.monotonic())))
-            while not self.pending() and self._spool is not None and time.monotonic() < deadline:
-                with self._export_lock:
-                    self._replay(True)
-                if not drain_spool or self._spool.pending_records() == 0:
-                    break
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            with _instrumentation_suppressed():  # exports from the caller's thread must not be traced either
+                self._flush_until(deadline, drain_spool)
         finally:
             self._flush_all.clear()
         return self._report(started, exported_before, drain_spool=drain_spool)
+
+    def _flush_until(self, deadline: float, drain_spool: bool) -> None:
+        while self.pending() and time.monotonic() < deadline:
+            self._wake.set()
+            self._spill_wake.set()
+            if self._worker is None or not self._worker.is_alive():
+                self._drain_spill()
+                self.run_once(flush_all=True)
+            with self._idle:
+                self._idle.wait(min(0.01, max(0.0, deadline - time.monotonic())))
+        while not self.pending() and self._spool is not None and time.monotonic() < deadline:
+            with self._export_lock:
+                self._replay(True)
+            if not drain_spool or self._spool.pending_records() == 0:
+                break
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def _report(self, started: float, exported_before: int, *, drain_spool: bool = False) -> FlushReport:
         pending = self.pending()
@@ -656,7 +659,8 @@ class Pipeline:
             except Exception:
                 self.stats.drop(DropReason.SHUTDOWN, len(leftovers))
         try:
-            self.sink.shutdown(max(0.0, deadline - time.monotonic()))
+            with _instrumentation_suppressed():
+                self.sink.shutdown(max(0.0, deadline - time.monotonic()))
         except Exception as exc:
             logger.warning("agentemit: sink shutdown failed: %s", exc)
         if self._spool is not None:
@@ -702,6 +706,16 @@ class Pipeline:
 
 
 _HIGH_NAMES = frozenset({"agentlightning.reward", "agentlightning.exception"})
+
+
+@contextlib.contextmanager
+def _instrumentation_suppressed() -> Iterator[None]:
+    """OpenTelemetry's suppress-instrumentation flag: exporting must never produce spans of its own."""
+    token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def _is_high(kind: str) -> bool:

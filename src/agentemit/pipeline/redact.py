@@ -28,6 +28,11 @@ Three rules, in this order, per value:
 
 Redaction is idempotent: redacting a redacted span changes nothing. A rule that raises (a user
 callback, or a bug) never loses the span: the one value becomes ``[REDACTED:error]``.
+
+The stage runs on every span, and almost every span has nothing to redact, so a check that allocates
+nothing proves that first (``Redactor._unchanged``: cached per-key plans, a type check for numbers,
+substring tests and a bounded cache of clean short texts); only a span it cannot clear takes the full
+path. The rules themselves (key names, patterns, triggers) live in ``_redact_rules``.
 """
 
 from __future__ import annotations
@@ -57,7 +62,6 @@ from agentemit.pipeline._redact_rules import (
     PAIR_TRIGGERS,
     PRIVATE_KEY,
     builtin_key_tier,
-    cannot_match,
     canonical,
     compile_user_pattern,
     masks,
@@ -201,7 +205,7 @@ class Redactor:
             try:
                 if self._unchanged(span):
                     return span
-            except Exception:  # noqa: S110 - the full path below decides, and handles errors per value
+            except Exception:  # the full path below decides, and handles errors per value
                 pass
         return self._redact(span)
 
@@ -281,7 +285,7 @@ class Redactor:
         if first and (first in _JSON_FIRST or first.isspace()):  # may be JSON: as in _scan
             if may_match(text) or any(word in text.lower() for word in self._json_key_triggers):
                 return False
-        elif len(text) >= BUILTIN_MIN_LEN and not cannot_match(text):
+        elif len(text) >= BUILTIN_MIN_LEN and may_match(text):
             return False
         if self._user_searches and any(search(text) for search in self._user_searches):
             return False

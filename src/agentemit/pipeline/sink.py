@@ -49,10 +49,15 @@ class Sink(Protocol):
 
 
 class StoreSink:
-    """Writes each batch with one ``add_many_spans`` call (one transaction)."""
+    """Writes each batch with one ``add_many_spans`` call (one transaction).
 
-    def __init__(self, store: SpanStore) -> None:
+    ``close_store``: close the store at shutdown. Off when the store belongs to the caller (a tracer
+    given a store must leave it usable for the trainer or runner that shares it).
+    """
+
+    def __init__(self, store: SpanStore, *, close_store: bool = True) -> None:
         self.store = store
+        self.close_store = close_store
 
     def export(self, batch: Sequence[Span]) -> ExportResult:
         try:
@@ -70,4 +75,5 @@ class StoreSink:
         return True
 
     def shutdown(self, timeout: float) -> None:
-        self.store.close()
+        if self.close_store:
+            self.store.close()

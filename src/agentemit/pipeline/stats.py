@@ -1,7 +1,13 @@
 """Loss accounting: counters by reason, always on.
 
-The invariant the tests pin: ``emitted == exported + pending + spilled_pending + sum(drops)`` where
-``emitted`` counts every emit call that reached a pipeline plus those refused before it (no tracer).
+The invariant the tests pin, per pipeline and exact when it is quiet (see :func:`unaccounted`)::
+
+    emitted + recovered == exported + pending + in_spool + sum(dropped)
+
+``emitted`` counts every record that reached the pipeline, including those refused at admission
+(sampled out, rate limited, shed, after shutdown); ``recovered`` what it replayed from spools a dead
+process left behind. Emits with no active rollout never reach a pipeline: they are counted once per
+process as ``no_tracer`` (``agentemit.stats()``).
 Counters are bumped under one lock except on the hot path, where the only writes are
 ``itertools.count`` increments (atomic in CPython) for the rare refusal reasons.
 """
@@ -13,7 +19,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +134,17 @@ class PipelineStats:
             }
         snap.update(extra)
         return snap
+
+
+def unaccounted(snapshot: Mapping[str, Any]) -> int:
+    """``emitted + recovered - (exported + pending + in_spool + sum(dropped))`` of a stats snapshot.
+
+    Zero when every event is accounted for; only meaningful when the pipeline is quiet (no emit or
+    export in progress), since the counters are read one after another.
+    """
+    incoming = snapshot["emitted"] + snapshot["recovered"]
+    outgoing = snapshot["exported"] + snapshot["pending"] + snapshot["in_spool"] + snapshot["dropped_total"]
+    return int(incoming - outgoing)
 
 
 class RateLimitedLogger:

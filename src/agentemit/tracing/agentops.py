@@ -26,7 +26,7 @@ from typing import Any
 from opentelemetry.sdk.trace import TracerProvider
 
 from agentemit.stores.base import SpanStore
-from agentemit.tracing.otel import _PROCESSOR, OtelTracer, install_provider
+from agentemit.tracing.otel import OtelTracer, attach_rollout_processor, install_provider
 
 logger = logging.getLogger("agentemit.tracing.agentops")
 
@@ -68,7 +68,7 @@ def attach_processor(provider: TracerProvider) -> bool:
     with _HOOK_LOCK:
         if provider is install_provider() or provider in _hooked:
             return False
-        provider.add_span_processor(_PROCESSOR)
+        attach_rollout_processor(provider)
         _hooked.add(provider)
         return True
 

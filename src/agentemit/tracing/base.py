@@ -17,7 +17,7 @@ from agentemit.span import Span
 from agentemit.stores.base import SpanStore
 from agentemit.tracing.context import CURRENT, RolloutContext
 
-_LAST_TRACE: ContextVar[list[Span] | None] = ContextVar("agentemit_last_trace", default=None)
+_LAST_TRACE: ContextVar[tuple[Tracer, list[Span]] | None] = ContextVar("agentemit_last_trace", default=None)
 
 
 class TraceContext(AbstractContextManager["RolloutContext"], AbstractAsyncContextManager["RolloutContext"]):
@@ -74,12 +74,14 @@ class Tracer(abc.ABC):
 
     def get_last_trace(self) -> list[Span]:
         """Spans of the context most recently closed in this thread/task (else in the process)."""
-        spans = _LAST_TRACE.get()
-        return list(spans if spans is not None else self._last_trace)
+        last = _LAST_TRACE.get()
+        if last is not None and last[0] is self:
+            return list(last[1])
+        return list(self._last_trace)
 
     def _remember_last(self, spans: list[Span]) -> None:
         self._last_trace = spans
-        _LAST_TRACE.set(spans)
+        _LAST_TRACE.set((self, spans))
 
     @abc.abstractmethod
     def _enter(

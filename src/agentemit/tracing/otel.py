@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +55,32 @@ def install_provider() -> TracerProvider:
         return provider
 
 
+class _HighWater:
+    """Next sequence id of recently closed attempts, so a rollout resumed before its spans reached the
+    store does not reuse ids. Bounded: the oldest entries go first (the store knows those by then)."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._next: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> int:
+        with self._lock:
+            return self._next.get(key, 0)
+
+    def remember(self, key: tuple[str, str], next_id: int) -> None:
+        with self._lock:
+            self._next[key] = max(next_id, self._next.get(key, 0))
+            self._next.move_to_end(key)
+            while len(self._next) > self.capacity:
+                self._next.popitem(last=False)
+
+
+def attach_rollout_processor(provider: TracerProvider) -> None:
+    """Collect spans of another SDK TracerProvider (e.g. one an SDK like AgentOps created) into rollouts."""
+    provider.add_span_processor(_PROCESSOR)
+
+
 def _discard(record: RawRecord) -> None:
     """Deliver function of a tracer with no store: spans are only kept for get_last_trace."""
 
@@ -95,6 +122,7 @@ class OtelTracer(Tracer):
         self._otel_tracer: otel_trace.Tracer | None = None
         self._lock = threading.Lock()
         self.sequence_lookup_failures = 0
+        self._sequence_high_water = _HighWater()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -173,11 +201,12 @@ class OtelTracer(Tracer):
             root_otel_span=span,
             parent=parent,
         )
+        reserved = (getattr(span, "attributes", None) or {}).get(semconv.SPAN_SEQUENCE_ID)  # set by on_start if nested
         span.set_attributes(
             {
                 semconv.ROLLOUT_ID: rollout,
                 semconv.ATTEMPT_ID: attempt,
-                semconv.SPAN_SEQUENCE_ID: next(sequence),
+                semconv.SPAN_SEQUENCE_ID: reserved if isinstance(reserved, int) else next(sequence),
             }
         )
         owns_registration = new_rollout or parent is None
@@ -193,10 +222,11 @@ class OtelTracer(Tracer):
         An unreachable store (a remote server that is down) must not stop a rollout from opening: the
         ids then start at 0, which is right for every new attempt, and the failure is logged and counted.
         """
+        local = self._sequence_high_water.get((rollout_id, attempt_id))  # spans maybe not yet flushed
         if self.store is None:
-            return 0
+            return local
         try:
-            return self.store.get_next_span_sequence_id(rollout_id, attempt_id)
+            return max(local, self.store.get_next_span_sequence_id(rollout_id, attempt_id))
         except Exception as exc:
             self.sequence_lookup_failures += 1
             if self.sequence_lookup_failures == 1 or self.sequence_lookup_failures % 100 == 0:
@@ -207,7 +237,7 @@ class OtelTracer(Tracer):
                     exc,
                     self.sequence_lookup_failures,
                 )
-            return 0
+            return local
 
     def _exit(self, state: Any, exc: BaseException | None) -> None:
         ctx, span, otel_token, token, owns_registration = state
@@ -223,6 +253,7 @@ class OtelTracer(Tracer):
             otel_context.detach(otel_token)
         if owns_registration:
             _PROCESSOR.unregister(ctx)
+            self._sequence_high_water.remember((ctx.rollout_id, ctx.attempt_id), next(ctx.sequence))
             if ctx.records is not None:
                 self._remember_last(self._build_trace(ctx.records))
 
