@@ -124,11 +124,13 @@ class StoreBackedSink:
     "sent once".
     """
 
-    def __init__(self, store: SpanStore, script: Sequence[str] = ()) -> None:
+    def __init__(self, store: SpanStore, script: Sequence[str] = (), *, notify_at: int | None = None) -> None:
         self.store = store
         self.script = list(script)
         self.calls = 0
         self.deliveries: Counter[tuple[str, str, str]] = Counter()
+        self.notify_at = notify_at
+        self.delivered_event = threading.Event()  # set once ``notify_at`` spans were delivered
         self._lock = threading.Lock()
 
     def export(self, batch: Sequence[Span]) -> ExportResult:
@@ -143,6 +145,8 @@ class StoreBackedSink:
             return ExportResult.failure(str(exc), retryable=False)
         with self._lock:
             self.deliveries.update(s.key for s in batch)
+            if self.notify_at is not None and sum(self.deliveries.values()) >= self.notify_at:
+                self.delivered_event.set()
         return ExportResult.success(stored)
 
     def force_flush(self, timeout: float) -> bool:

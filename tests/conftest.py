@@ -101,11 +101,15 @@ def tmp_spool(tmp_path: Path) -> PipelineConfig:
 def sqlite_tracer(tmp_path: Path, tmp_spool: PipelineConfig) -> Iterator[OtelTracer]:
     """An initialised OtelTracer (worker 0) over ``SqliteStore(tmp_path / "t.db")``; torn down after.
 
-    The store is ``tracer.store``. Teardown closes it (the pipeline's store sink closes its store).
+    The store is ``tracer.store``; teardown flushes the tracer, then closes the store.
     """
-    tracer = OtelTracer(SqliteStore(tmp_path / "t.db"), config=tmp_spool)
+    store = SqliteStore(tmp_path / "t.db")
+    tracer = OtelTracer(store, config=tmp_spool)
     tracer.init_worker(0)
     try:
         yield tracer
     finally:
-        tracer.teardown_worker()
+        try:
+            tracer.teardown_worker()
+        finally:
+            store.close()

@@ -287,7 +287,6 @@ def test_malformed_spans_are_refused_with_a_codec_error(data: bytes, message: st
         codec.decode_span(data)
 
 
-
 @pytest.mark.parametrize("key", ["checksum", "count"])
 def test_a_batch_without_checksum_or_count_is_refused(key: str) -> None:
     doc = _batch_doc([simple_span()])
@@ -394,30 +393,33 @@ def test_an_empty_attribute_key_is_fine() -> None:
 
 
 def test_a_list_attribute_value_is_encoded_as_an_array_and_reads_back_as_a_tuple() -> None:
-    span = simple_span(attributes={"ids": [1, 2]})  # type: ignore[dict-item]
+    span = simple_span(attributes={"ids": [1, 2]})
     assert codec.decode_span(codec.encode_span(span)).attributes == {"ids": (1, 2)}
 
 
 WIDE_INTS = st.one_of(st.integers(), st.integers(2**62, 2**66), st.integers(-(2**66), -(2**62)))
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=4)  # lone surrogates included
+ANY_SCALAR = st.one_of(WIDE_INTS, ANY_TEXT, FLOATS, st.booleans())
+ANY_VALUE = st.one_of(
+    ANY_SCALAR,
+    st.lists(ANY_SCALAR, max_size=4).map(tuple),  # mixed tuples too
+    st.lists(WIDE_INTS, max_size=4).map(tuple),
+    st.lists(FLOATS, max_size=4).map(tuple),
+)
 
 
 @PROPERTY
-@given(
-    st.dictionaries(
-        st.text(st.characters(exclude_categories=()), max_size=4),  # lone surrogates included
-        st.one_of(WIDE_INTS, st.text(st.characters(exclude_categories=()), max_size=4), FLOATS, st.booleans()),
-        max_size=4,
-    )
-)
+@given(st.dictionaries(ANY_TEXT, ANY_VALUE, max_size=4), st.dictionaries(ANY_TEXT, ANY_VALUE, max_size=2))
 def test_encode_span_either_refuses_with_codec_error_or_decodes_to_the_same_span(
-    attributes: dict[str, AttributeValue],
+    attributes: dict[str, AttributeValue], resource: dict[str, AttributeValue]
 ) -> None:
-    span = simple_span(attributes=attributes)
+    span = simple_span(attributes=attributes, resource=resource, events=[SpanEvent("e", 1, attributes)])
     try:
         data = codec.encode_span(span)
     except CodecError:
         return
     assert_identical(codec.decode_span(data), span)
+    assert data == codec.dumps(span.to_dict())
 
 
 # --- decoding refuses what a span cannot hold -------------------------------------------------
@@ -535,7 +537,10 @@ def test_a_span_keeps_a_status_description_only_with_error(status: str) -> None:
 
 
 def test_readable_round_trip_keeps_the_description_of_an_error_and_nothing_else() -> None:
-    for span in (simple_span(status="OK", status_description="fine"), simple_span(status="ERROR", status_description="")):
+    for span in (
+        simple_span(status="OK", status_description="fine"),
+        simple_span(status="ERROR", status_description=""),
+    ):
         assert_identical(Span.from_readable_span(span.to_readable_span()), span)
 
 

@@ -716,3 +716,34 @@ def test_a_raising_reward_function_emits_the_exception_and_re_raises_it(is_async
     assert [s.name for s in spans] == ["agentlightning.exception"]
     assert spans[0].attributes["exception.type"] == "ZeroDivisionError"
     assert spans[0].attributes["exception.message"] == "no samples"
+
+
+def test_a_reward_function_hidden_under_another_decorator_is_awaited_before_emitting() -> None:
+    def plain_wrapper(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def wrapper() -> Any:  # a sync wrapper, so the coroutine function is no longer visible
+            return fn()
+
+        return wrapper
+
+    @reward
+    @plain_wrapper
+    async def grade() -> float:
+        await asyncio.sleep(0)
+        return 0.4
+
+    @reward
+    @plain_wrapper
+    async def crash() -> float:
+        raise LookupError("no answer")
+
+    results: list[Any] = []
+
+    async def run() -> None:
+        results.append(await grade())
+        with pytest.raises(LookupError):
+            await crash()
+
+    spans = emitted(lambda: asyncio.run(run()))
+    assert results == [0.4]
+    assert [s.name for s in spans] == ["agentlightning.reward", "agentlightning.exception"]
+    assert get_reward_value(spans[0]) == 0.4

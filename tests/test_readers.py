@@ -254,3 +254,17 @@ def test_readers_read_what_the_emit_calls_wrote(readable: bool) -> None:
     assert get_rewards(final) == {"accuracy": 0.9, "cost": -0.2}
     assert find_final_reward(spans) == 0.9
     assert not is_reward_span(error) and get_message_value(error) is None and get_object_value(error) is None
+
+
+def test_an_object_value_that_does_not_decode_comes_back_as_its_text(form: Form) -> None:
+    broken_json, broken_base64 = form(
+        [
+            ("agentlightning.object", {"agentlightning.object.json": "{cut off"}),
+            (
+                "agentlightning.object",
+                {"agentlightning.object.literal": "AAE", "agentlightning.object.encoding": "base64"},
+            ),
+        ]
+    )
+    assert get_object_value(broken_json) == "{cut off"
+    assert get_object_value(broken_base64) == "AAE"

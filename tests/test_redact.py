@@ -23,6 +23,7 @@ from _secrets_corpus import (
     Leak,
 )
 from agentemit import codec, semconv
+from agentemit.pipeline._redact_rules import BUILTIN_RULES, PRIVATE_KEY, may_match
 from agentemit.pipeline.redact import (
     ERROR_MASK,
     MASK,
@@ -574,3 +575,99 @@ def test_secrets_joined_by_arbitrary_text_do_not_survive(leaks: list[Leak], glue
     for leak in leaks:
         for secret in leak.secrets:
             assert secret not in out
+
+
+# --- the fast check never decides differently from the full path -----------------------------
+
+
+def _keep(key: str, value: AttributeValue) -> AttributeValue | None:
+    return value
+
+
+_CONFIGS: list[dict[str, Any]] = [
+    {},
+    {"mode": "hash"},
+    {"max_value_len": 40, "max_tuple_len": 2},
+    {"patterns": [r"\d{4}"]},
+]
+
+
+@PROPERTY
+@given(_SPANS, st.sampled_from(_CONFIGS))
+def test_the_fast_check_agrees_with_the_full_path_on_every_span(span: Span, config: dict[str, Any]) -> None:
+    fast = Redactor(**config)
+    full = Redactor(**config, callback=_keep)  # a callback must see every value, so it takes the full path
+    expected = full(span)
+    for _ in range(2):  # the second time, the fast check's caches already know the keys and short texts
+        got = fast(span)
+        assert repr(got) == repr(expected)
+        assert (got is span) == (expected is span)
+    assert fast.stats().values_redacted == 2 * full.stats().values_redacted
+
+
+@PROPERTY
+@given(_TEXT)
+def test_text_without_a_trigger_cannot_match_any_built_in_pattern(text: str) -> None:
+    if not may_match(text):
+        for name, body in BUILTIN_RULES:
+            assert re.search(body, text) is None, name
+        assert PRIVATE_KEY.search(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["paſſword=hunter2xyz", "SİGNATURE=abcdef", "sıgnature=abcdef", "cookİe: session=1", "Authorİzation: Basic abcdef"],
+)
+def test_letters_that_case_insensitive_matching_folds_still_trigger_the_pair_rules(text: str) -> None:
+    assert MASK in Redactor().redact_text(text)
+    assert MASK in str(Redactor()(make_span({"log.message": text})).attributes["log.message"])
+
+
+def test_a_clean_text_seen_before_does_not_clear_a_secret_under_the_same_key() -> None:
+    redactor = Redactor()
+    clean = make_span({"log.message": "all good", "count": 3})
+    assert redactor(clean) is clean
+    leaked = make_span({"log.message": f"key {OPENAI_KEY}", "count": 3})
+    assert redactor(leaked).attributes["log.message"] == f"key {MASK}"
+
+
+def test_one_message_under_two_keys_is_masked_under_both() -> None:
+    body = f"use {OPENAI_KEY} please"
+    out = Redactor()(make_span({semconv.MESSAGE_BODY: body, semconv.MESSAGE_LEGACY: body})).attributes
+    assert out[semconv.MESSAGE_BODY] == out[semconv.MESSAGE_LEGACY] == f"use {MASK} please"
+
+
+def test_a_shared_resource_changed_in_place_is_checked_again() -> None:
+    redactor = Redactor()
+    resource: dict[str, AttributeValue] = {"service.name": "agent", "process.pid": 7}
+    first = make_span({"reward": 1.0}, resource=resource)
+    assert redactor(first) is first
+    resource["service.token"] = "tok-123456789"
+    assert redactor(make_span({"reward": 1.0}, resource=resource)).resource["service.token"] == MASK
+
+
+def test_secret_keys_identity_keys_and_numbers_take_the_path_their_key_calls_for() -> None:
+    span = make_span(
+        {
+            semconv.ROLLOUT_ID: "ro-7f3a9c",  # exempt, even though it is a str
+            "time_to_first_token": 0.25,  # a number under a *token key is a count: kept
+            "auth.enabled": True,  # a bool under a secret key holds no secret: kept
+            "api_key": 12345,  # a number under a secret key: masked
+        }
+    )
+    assert Redactor()(span).attributes == {**span.attributes, "api_key": MASK}
+
+
+def test_a_non_str_key_never_makes_the_stage_raise() -> None:
+    span = make_span({1: "x", "ok": "y"})  # type: ignore[dict-item]
+    out = Redactor()(span)
+    assert out.attributes["ok"] == "y"
+
+
+def test_the_caches_stay_bounded_however_many_distinct_keys_and_texts_pass() -> None:
+    redactor = Redactor()
+    for i in range(10_000):
+        redactor(make_span({f"key.{i}": f"text {i}"}))
+    assert len(redactor._key_plans) <= 4096 and len(redactor._key_tiers) <= 4096
+    assert len(redactor._clean_texts) <= 4096
+    assert redactor(make_span({"key.1": f"{OPENAI_KEY}"})).attributes["key.1"] == MASK

@@ -35,6 +35,8 @@ from agentemit.stores import InMemoryStore, SqliteStore
 from agentemit.testing import CapturedSpans, capture_spans, sequential_ids
 from agentemit.tracing.context import RolloutContext
 
+pytest_plugins = ["pytester"]  # the conftest guard is checked by running a small test file
+
 
 def stored(tracer: OtelTracer, rollout_id: str) -> list[Span]:
     """Flush, then read one rollout back from the tracer's store."""
@@ -70,7 +72,8 @@ def test_init_worker_records_the_worker_and_stamps_it_on_stored_spans(
     tmp_path: Path, tmp_spool: PipelineConfig
 ) -> None:
     tracer = OtelTracer(config=tmp_spool)
-    tracer.init_worker(3, SqliteStore(tmp_path / "w.db"))
+    store = SqliteStore(tmp_path / "w.db")
+    tracer.init_worker(3, store)
     try:
         assert tracer.worker_id == 3
         with tracer.trace_context(rollout_id="r-worker"):
@@ -80,16 +83,19 @@ def test_init_worker_records_the_worker_and_stamps_it_on_stored_spans(
         assert message.resource["agentemit.worker_id"] == "3"
     finally:
         tracer.teardown_worker()
+        store.close()
 
 
 def test_teardown_worker_delivers_everything_still_queued(tmp_path: Path, tmp_spool: PipelineConfig) -> None:
     config = PipelineConfig(spool_dir=tmp_spool.spool_dir, flush_interval=3600.0, adaptive_sampling=False)
-    tracer = OtelTracer(SqliteStore(tmp_path / "t.db"), config=config)
+    store = SqliteStore(tmp_path / "t.db")
+    tracer = OtelTracer(store, config=config)
     tracer.init_worker(0)
     with tracer.trace_context(rollout_id="r-teardown"):
         for i in range(50):
             emit_message(f"m{i}")
     tracer.teardown_worker()
+    store.close()
     with SqliteStore(tmp_path / "t.db") as reader:
         assert messages(reader.query_spans("r-teardown")) == [f"m{i}" for i in range(50)]
 
@@ -304,7 +310,8 @@ def test_a_rollout_resumed_before_its_spans_were_flushed_still_gets_fresh_sequen
     tmp_path: Path, tmp_spool: PipelineConfig
 ) -> None:
     config = PipelineConfig(spool_dir=tmp_spool.spool_dir, flush_interval=3600.0, adaptive_sampling=False)
-    tracer = OtelTracer(SqliteStore(tmp_path / "t.db"), config=config)
+    store = SqliteStore(tmp_path / "t.db")
+    tracer = OtelTracer(store, config=config)
     tracer.init_worker(0)
     try:
         for text in ("first", "second"):
@@ -314,6 +321,7 @@ def test_a_rollout_resumed_before_its_spans_were_flushed_still_gets_fresh_sequen
         assert sorted(sequence) == list(range(4)), sequence
     finally:
         tracer.teardown_worker()
+        store.close()
 
 
 # --- get_last_trace ---------------------------------------------------------------------------------
@@ -526,3 +534,47 @@ def test_sequential_ids_are_unique_across_threads() -> None:
 def test_sequential_ids_refuse_a_start_that_is_no_span_id(bad: Any) -> None:
     with pytest.raises(ValueError, match=r"sequential_ids: start must be an int from 1 to 2\*\*64 - 1"):
         sequential_ids(bad)
+
+
+# --- the shared conftest's guard against swallowed errors ---------------------------------------------
+
+GUARDED_TESTS = """
+import logging
+import threading
+
+import pytest
+
+log = logging.getLogger("agentemit.pipeline")
+
+
+def test_logs_an_error():
+    log.error("agentemit: spool write failed; 3 event(s) lost")
+
+
+def test_a_worker_thread_logs_an_error():
+    t = threading.Thread(target=lambda: log.error("agentemit pipeline worker crashed"))
+    t.start()
+    t.join()
+
+
+@pytest.mark.allow_agentemit_errors
+def test_opted_out():
+    log.error("expected by this test")
+
+
+def test_warnings_are_fine():
+    log.warning("agentemit: export failed; batch spooled")
+
+
+def test_the_server_answering_500_is_not_swallowing():
+    logging.getLogger("agentemit.server").error("store failed in POST /v1/spans")
+"""
+
+
+def test_the_conftest_guard_fails_tests_whose_agentemit_errors_were_swallowed(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makepyfile(test_guarded=GUARDED_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines(["*agentemit logged 1 error(s) it swallowed*", "*spool write failed*"])
+    result.stdout.fnmatch_lines(["*worker crashed*"])

@@ -51,8 +51,11 @@ def stats() -> dict[str, Any]:
     from agentemit.emit.no_tracer import no_tracer_count
     from agentemit.pipeline.pipeline import _live_pipelines
 
+    from agentemit.tracing.otel import _PROCESSOR
+
     return {
         "no_tracer": no_tracer_count(),
+        "orphan_spans": _PROCESSOR.orphans,  # SDK spans that ended outside any open rollout
         "pipelines": {f"{p.name}@{id(p):x}": p.stats_snapshot() for p in list(_live_pipelines)},
     }
 

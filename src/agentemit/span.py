@@ -237,7 +237,9 @@ class Span:
 class _ConvertedSpan(ReadableSpan):
     """A ReadableSpan made by :meth:`Span.to_readable_span`; remembers what OpenTelemetry cannot carry."""
 
-    def __init__(self, source_identity: tuple[str, str, int], added_identity_keys: tuple[str, ...], **kwargs: Any) -> None:
+    def __init__(
+        self, source_identity: tuple[str, str, int], added_identity_keys: tuple[str, ...], **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.source_identity = source_identity
         self.added_identity_keys = added_identity_keys
@@ -299,8 +301,7 @@ def _decode_scalar(value: Any, where: str) -> AttributeScalar:
         return _NONFINITE[value["$float"]]
     shown = "null" if value is None else f"{_kind(value)} {value!r}"
     raise TypeError(
-        f"{where}: {shown} is not an attribute value "
-        "(expected a str, bool, int, float or an array of them)"
+        f"{where}: {shown} is not an attribute value (expected a str, bool, int, float or an array of them)"
     )
 
 

@@ -120,5 +120,8 @@ def capture_spans(
         yield captured
         captured.flush()
     finally:
-        tracer.teardown_worker()  # closes the store; ``spans`` holds decoded copies
-        shutil.rmtree(spool_dir, ignore_errors=True)
+        try:
+            tracer.teardown_worker()
+        finally:
+            store.close()  # ``spans`` holds decoded copies, so they outlive the store
+            shutil.rmtree(spool_dir, ignore_errors=True)

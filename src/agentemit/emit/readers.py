@@ -132,17 +132,27 @@ def get_message_value(span: SpanLike) -> str | None:
 def get_object_value(span: SpanLike) -> Any:
     """The object an object span carries: the literal, the decoded JSON, or the bounded repr.
 
-    Bytes literals come back as bytes. Returns None for a span that is not an object span.
+    Bytes literals come back as bytes. Returns None for a span that is not an object span. A value
+    that does not decode (JSON or base64 a foreign producer broke) comes back as its stored text
+    rather than raising, so one bad span cannot stop a reader going through a whole rollout.
     """
     attrs = _attrs(span)
     if semconv.OBJECT_LITERAL in attrs:
         literal = attrs[semconv.OBJECT_LITERAL]
         if attrs.get(semconv.OBJECT_BYTES_ENCODING) == "base64" and isinstance(literal, str):
-            return base64.b64decode(literal)
+            try:
+                return base64.b64decode(literal)
+            except ValueError:  # binascii.Error is a ValueError
+                return literal
         return literal
     if semconv.OBJECT_JSON in attrs:
         raw = attrs[semconv.OBJECT_JSON]
-        return orjson.loads(raw) if isinstance(raw, (str, bytes)) else raw
+        if not isinstance(raw, (str, bytes)):
+            return raw
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw
     if semconv.OBJECT_REPR in attrs:
         return attrs[semconv.OBJECT_REPR]
     return None

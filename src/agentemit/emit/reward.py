@@ -18,12 +18,25 @@ def _emit_result(result: Any) -> None:
         emit_reward(result)
 
 
+async def _emit_when_done(awaitable: Awaitable[Any]) -> Any:
+    """Await what a plain function returned (e.g. a decorator hid the coroutine function), then emit."""
+    try:
+        result = await awaitable
+    except Exception as exc:
+        emit_exception(exc)
+        raise
+    _emit_result(result)
+    return result
+
+
 def reward(fn: Callable[P, R]) -> Callable[P, R]:
     """Decorate a sync or async reward function.
 
     The return value (a number or a mapping of dimensions with one entry) is emitted as a reward;
     ``None`` emits nothing. If the function raises, the exception is emitted and re-raised. A result
     that is not a valid reward raises ``TypeError``/``ValueError`` as :func:`emit_reward` does.
+    A plain function that returns an awaitable (an async function under another decorator) gets an
+    awaitable back, and the reward is emitted when it is awaited.
     """
     if inspect.iscoroutinefunction(fn):
         async_fn = cast(Callable[P, Awaitable[Any]], fn)
@@ -47,6 +60,8 @@ def reward(fn: Callable[P, R]) -> Callable[P, R]:
         except Exception as exc:
             emit_exception(exc)
             raise
+        if inspect.isawaitable(result):
+            return cast(R, _emit_when_done(result))
         _emit_result(result)
         return result
 

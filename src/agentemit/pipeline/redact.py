@@ -70,6 +70,19 @@ from agentemit.pipeline._redact_rules import (
 )
 from agentemit.span import Attributes, AttributeValue, Span, SpanEvent
 
+__all__ = [
+    "ERROR_MASK",
+    "JSON_KEYS",
+    "MASK",
+    "STATUS_DESCRIPTION_KEY",
+    "TRUNCATED_MARKER_SUFFIX",
+    "RedactCallback",
+    "RedactMode",
+    "RedactionStats",
+    "Redactor",
+    "normalize_key",
+]
+
 RedactMode: TypeAlias = Literal["mask", "hash"]
 RedactCallback: TypeAlias = Callable[[str, AttributeValue], AttributeValue | None]
 

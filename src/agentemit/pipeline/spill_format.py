@@ -18,7 +18,7 @@ import orjson
 
 from agentemit import codec
 from agentemit.pipeline.builder import build_span
-from agentemit.span import Span
+from agentemit.span import Span, decode_attributes, encode_attributes
 from agentemit.tracing.context import RawRecord
 
 MAGIC = b"AE1"
@@ -50,7 +50,9 @@ def encode_raw(records: Sequence[RawRecord], owner: bytes, resource: Mapping[str
         if r[0] == "otel":
             rows.append(["otel", build_span(r, dict(resource)).to_dict()])
         else:
-            rows.append(list(r[:11]))
+            row: list[Any] = list(r[:11])
+            row[4] = encode_attributes(r[4])  # JSON has no NaN/inf: tag them as the codec does
+            rows.append(row)
     return _HEADER.pack(MAGIC, b"R", owner, len(records)) + orjson.dumps(rows)
 
 
@@ -65,6 +67,7 @@ def decode_raw_rows(body: bytes) -> list[RawRecord | Span]:
         if row[0] == "otel":
             out.append(Span.from_dict(row[1]))
         else:
+            row[4] = decode_attributes(row[4])  # tagged non-finite floats back, lists back to tuples
             out.append((*row, None))
     return out
 
