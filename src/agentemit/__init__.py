@@ -50,7 +50,6 @@ def stats() -> dict[str, Any]:
     """Counters of every live pipeline in this process, plus emits that had no active rollout."""
     from agentemit.emit.no_tracer import no_tracer_count
     from agentemit.pipeline.pipeline import _live_pipelines
-
     from agentemit.tracing.otel import _PROCESSOR
 
     return {
