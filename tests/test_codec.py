@@ -12,7 +12,8 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
 
 from agentemit import codec, semconv
 from agentemit.codec import CodecError
@@ -581,3 +582,25 @@ def test_an_sdk_span_keeps_its_identity_attributes_and_takes_identity_from_them(
 def test_to_readable_span_refuses_an_empty_resource_key_that_opentelemetry_would_drop() -> None:
     with pytest.raises(ValueError, match=r"span '0000000000000001': resource\[''\]"):
         simple_span(resource={"": "unnamed"}).to_readable_span()
+
+
+def test_values_opentelemetry_allows_but_a_span_cannot_hold_are_kept_as_text() -> None:
+    converted = simple_span().to_readable_span()
+    sdk_span = ReadableSpan(
+        name="third-party",
+        context=converted.get_span_context(),
+        attributes={"big": 2**64, "small": -(2**63) - 1, "holes": [1, None], "wide": (1, 2**63), "ok": [1, 2]},
+        events=[Event("e", {"big": 2**70}, 5)],
+        resource=Resource({"service.name": "svc", "pid": 2**63}),
+    )
+    span = Span.from_readable_span(sdk_span, rollout_id="ro-1", attempt_id="at-1", sequence_id=0)
+    assert span.attributes == {
+        "big": str(2**64),
+        "small": str(-(2**63) - 1),
+        "holes": "[1, null]",
+        "wide": f"[1, {2**63}]",
+        "ok": (1, 2),
+    }
+    assert span.events[0].attributes == {"big": str(2**70)}
+    assert span.resource["pid"] == str(2**63)
+    assert_identical(codec.decode_span(codec.encode_span(span)), span)

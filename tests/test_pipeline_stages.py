@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from opentelemetry import trace as otel_trace
 
-from _pipeline_child import FakeClock, RecordingSink, StoreBackedSink, raw_record, rollout
+from _pipeline_child import FakeClock, RecordingSink, StoreBackedSink, rollout
 from agentemit import emit_exception, emit_message, emit_object, emit_reward, semconv
 from agentemit.codec import CodecError
 from agentemit.pipeline.config import PipelineConfig
@@ -239,9 +239,7 @@ def test_the_worker_exports_a_full_batch_without_waiting_for_the_interval(
     assert sink.batch_sizes == [10]
 
 
-def test_the_worker_flushes_a_partial_batch_when_the_interval_passes(
-    tmp_path: Path, pipelines: list[Pipeline]
-) -> None:
+def test_the_worker_flushes_a_partial_batch_when_the_interval_passes(tmp_path: Path, pipelines: list[Pipeline]) -> None:
     sink = RecordingSink()
     sink.notify_at = 3
     make(pipelines, sink, tmp_path, start=True, batch_size=100, flush_interval=0.05)
@@ -284,7 +282,6 @@ def test_a_flush_report_says_what_was_delivered_what_is_left_and_why_events_were
     assert p.force_flush(5.0, drain_spool=True).in_spool == 0
 
 
-@pytest.mark.allow_agentemit_errors  # see the xfail below: the late worker crashes on the closed spool
 def test_shutdown_returns_in_bounded_time_and_keeps_what_it_could_not_send_on_disk(
     tmp_path: Path, pipelines: list[Pipeline], gate: threading.Event
 ) -> None:
@@ -300,34 +297,13 @@ def test_shutdown_returns_in_bounded_time_and_keeps_what_it_could_not_send_on_di
     assert report.pending == 5 and report.in_spool == 7  # the stuck batch, and the rest spooled
     emit_messages(p, 2, prefix="late")  # after shutdown: refused and counted
     assert p.shutdown(0.1).in_spool == 7  # idempotent
-    gate.set()
+    gate.set()  # the worker outlived shutdown: it finishes its batch (and must not touch the closed spool)
     assert p._worker is not None
     p._worker.join(10.0)
     snap = p.stats_snapshot()
     assert snap["exported"] == 5 and snap["dropped"] == {"shutdown": 2}
     assert unaccounted(snap) == 0
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (pipeline.py): a worker still exporting when shutdown() gives up joining it goes on to "
-    "_replay() on the spool shutdown() closed, and crashes ('worker crashed', RuntimeError: closed spool). "
-    "Fix: in Pipeline._replay, return early when self._closed (one line).",
-)
-@pytest.mark.allow_agentemit_errors  # the crash is what this test looks for, in caplog
-def test_a_worker_that_outlives_shutdown_finishes_its_batch_without_crashing(
-    tmp_path: Path, pipelines: list[Pipeline], gate: threading.Event, caplog: pytest.LogCaptureFixture
-) -> None:
-    sink = RecordingSink(gate=gate)
-    p = make(pipelines, sink, tmp_path, start=True, batch_size=5, flush_interval=60.0)
-    emit_messages(p, 5)
-    assert sink.entered.wait(10.0)
-    emit_messages(p, 7, prefix="n")
-    p.shutdown(0.3)
-    gate.set()
-    assert p._worker is not None
-    p._worker.join(10.0)
-    assert not [r for r in caplog.records if "worker crashed" in r.getMessage()]
+    assert p.force_flush(0.1).in_spool == 7  # flushing a shut-down pipeline is a harmless no-op
 
 
 @pytest.mark.xfail(

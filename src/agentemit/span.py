@@ -17,6 +17,7 @@ OpenTelemetry :class:`~opentelemetry.sdk.trace.ReadableSpan`. Two rules make tha
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -246,11 +247,36 @@ class _ConvertedSpan(ReadableSpan):
 
 
 def normalize_attributes(attrs: Mapping[str, Any]) -> Attributes:
-    """Copy OpenTelemetry attributes into our form: sequences become tuples."""
+    """Copy OpenTelemetry attributes into our form: sequences become tuples.
+
+    OpenTelemetry accepts two kinds of value a :class:`Span` cannot hold (the codec and the stores
+    refuse them). Rather than lose them, they are kept as text: an int outside the signed 64-bit
+    range becomes its decimal string (as the OTLP sink sends it), and a sequence holding ``None`` or
+    such an int becomes its JSON text (``"[1, null]"``).
+    """
     out: Attributes = {}
     for key, value in attrs.items():
-        out[str(key)] = tuple(value) if isinstance(value, (list, tuple)) else value
+        cls = type(value)
+        if cls is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                value = str(value)
+        elif isinstance(value, (list, tuple)):
+            value = tuple(value)
+            if not _holdable(value):
+                value = json.dumps(list(value))
+        out[str(key)] = value
     return out
+
+
+def _holdable(items: tuple[Any, ...]) -> bool:
+    """False for a sequence holding ``None`` or an int outside int64 (OpenTelemetry allows both)."""
+    kinds = set(map(type, items))
+    if type(None) in kinds:
+        return False
+    if int not in kinds:
+        return True
+    ints = items if len(kinds) == 1 else [item for item in items if type(item) is int]  # homogeneous: C speed
+    return bool(min(ints) >= INT64_MIN and max(ints) <= INT64_MAX)
 
 
 def _encode_value(value: AttributeValue) -> Any:

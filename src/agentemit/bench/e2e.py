@@ -13,6 +13,7 @@ import sqlite3
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ FLUSH_TIMEOUT = 600.0
 BASELINE_CHUNK = 1_000
 
 
-def timed_run(tracer: OtelTracer, n: int) -> dict[str, float]:
-    """Emit ``n`` events in a fresh rollout and flush: wall time of both phases and the flush outcome."""
+def timed_run(tracer: OtelTracer, n: int, delivered: Callable[[], int]) -> dict[str, float]:
+    """Emit ``n`` events in a fresh rollout and flush: wall time of both phases, the flush outcome and
+    the loss, counted by ``delivered`` while the rollout is still open (so its root span is not yet sent)."""
     with tracer.trace_context("bench-e2e"):
         started = time.perf_counter()
         workload.produce(n)
@@ -40,11 +42,13 @@ def timed_run(tracer: OtelTracer, n: int) -> dict[str, float]:
         report = tracer.force_flush(FLUSH_TIMEOUT)
         done = time.perf_counter()
         stats = tracer.stats()
+        lost = n - delivered()
     return {
         "seconds": done - started,
         "emit_seconds": emitted - started,
         "flush_completed": float(bool(report)),
         "spilled": float(stats.get("spilled", 0)),
+        "lost": float(lost),
     }
 
 
@@ -82,12 +86,10 @@ def run_sqlite(options: Options) -> Section:
             directory.mkdir()
             tracer, store = workload.sqlite_tracer(directory)
             try:
-                run = timed_run(tracer, n)
+                runs.append(timed_run(tracer, n, lambda db=directory / "bench.db": workload.count_events(db)))
             finally:
                 tracer.teardown_worker()
                 store.close()
-            run["lost"] = float(n - workload.count_events(directory / "bench.db"))
-            runs.append(run)
         rows = _stored_rows(Path(tmp) / "run0" / "bench.db")
         random_ids = _with_random_span_ids(rows)
         sequential: list[float] = []
@@ -168,9 +170,10 @@ def _executemany_seconds(db: Path, rows: list[tuple[Any, ...]]) -> float:
 # --- OTLP/HTTP -----------------------------------------------------------------------------------
 
 
-def received_spans(base_url: str) -> int:
+def received_events(base_url: str) -> int:
+    """Message and reward spans the receiver has decoded so far."""
     with urllib.request.urlopen(f"{base_url}/count", timeout=10) as response:
-        return int(json.loads(response.read())["spans"])
+        return int(json.loads(response.read())["events"])
 
 
 def run_otlp(options: Options) -> Section:
@@ -184,13 +187,11 @@ def run_otlp(options: Options) -> Section:
             sink = OtlpHttpSink(f"{receiver.address}/v1/traces")
             tracer = OtelTracer(sink=sink, config=workload.config(Path(tmp) / f"spool{repeat}"), keep_last_trace=False)
             tracer.init_worker("bench")
-            before = received_spans(receiver.address)
+            before = received_events(receiver.address)
             try:
-                run = timed_run(tracer, n)
-                run["lost"] = float(n - (received_spans(receiver.address) - before))
+                runs.append(timed_run(tracer, n, lambda base=before: received_events(receiver.address) - base))
             finally:
                 tracer.teardown_worker()
-            runs.append(run)
     section = Section(
         "otlp",
         f"OTLP/HTTP end to end: {n:,} events into OtelTracer(sink=OtlpHttpSink) posting protobuf (gzip) to a "

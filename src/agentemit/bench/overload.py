@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agentemit import OtelTracer, emit_message, semconv
+from agentemit import OtelTracer, PipelineConfig, emit_message, semconv
 from agentemit.bench import workload
 from agentemit.bench._proc import run_child
 from agentemit.bench.options import OVERLOAD_POLICIES, Options
@@ -112,7 +112,20 @@ def produce_for(seconds: float, samples: array[int]) -> tuple[int, int, float]:
     return n, taken, time.perf_counter() - started
 
 
-def _max_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory.
+
+    Linux's ``VmHWM`` first: it belongs to the address space this process exec'd into. ``ru_maxrss``
+    is a fallback only, because on Linux a child inherits its parent's peak through fork and exec,
+    so a child of a large benchmark process would report no growth at all.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes
 
@@ -141,7 +154,9 @@ def child_calibrate(seconds: float) -> dict[str, Any]:
     return {"rate": emitted / wall, "emitted": emitted, "seconds": wall}
 
 
-def child_run(policy: str, seconds: float, sink_rate: float, threshold: int, sample_capacity: int) -> dict[str, Any]:
+def child_run(
+    policy: str, seconds: float, sink_rate: float, threshold: int, sample_capacity: int, spool_max_bytes: int
+) -> dict[str, Any]:
     """One policy under overload; every figure comes from this process alone."""
     samples = array("q", bytes(8 * sample_capacity))
     counter = CountingSink()
@@ -152,7 +167,7 @@ def child_run(policy: str, seconds: float, sink_rate: float, threshold: int, sam
             memory_threshold=threshold,
             overflow=policy,
             adaptive_sampling=False,
-            spool_max_bytes=SPOOL_MAX_BYTES,
+            spool_max_bytes=spool_max_bytes,
         )
         tracer = OtelTracer(sink=sink, config=cfg, keep_last_trace=False)
         tracer.init_worker(f"overload-{policy}")
@@ -160,11 +175,11 @@ def child_run(policy: str, seconds: float, sink_rate: float, threshold: int, sam
         assert pipeline is not None
         try:
             with tracer.trace_context(f"bench-overload-{policy}"):
-                rss_before = _max_rss_bytes()
+                rss_before = peak_rss_bytes()
                 emitted, taken, wall = produce_for(seconds, samples)
                 at_stop = tracer.stats()
                 delivered_at_stop = counter.distinct
-                rss_producer = _max_rss_bytes()
+                rss_producer = peak_rss_bytes()
                 spool_bytes = pipeline.spool().pending_bytes() if policy == "spill" else 0
                 sink.rate = None  # the sink recovers: everything still queued or spooled can now drain
                 drain_started = time.perf_counter()
@@ -181,12 +196,13 @@ def child_run(policy: str, seconds: float, sink_rate: float, threshold: int, sam
         "rate": emitted / wall,
         "sink_rate": sink_rate,
         "threshold": threshold,
+        "spool_max_bytes": spool_max_bytes,
         "p50_ns": _nearest_rank(latencies, 50),
         "p99_ns": _nearest_rank(latencies, 99),
         "max_ns": float(max(latencies, default=0)),
         "samples": taken,
         "rss_growth_producer": rss_producer - rss_before,
-        "rss_growth_total": _max_rss_bytes() - rss_before,
+        "rss_growth_total": peak_rss_bytes() - rss_before,
         "delivered_at_stop": delivered_at_stop,
         "pending_at_stop": at_stop.get("pending", 0),
         "in_spool_at_stop": at_stop.get("in_spool", 0),
@@ -214,11 +230,14 @@ def child_main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("--sink-rate", type=float, required=True)
     run.add_argument("--threshold", type=int, required=True)
     run.add_argument("--samples", type=int, required=True)
+    run.add_argument("--spool-max-bytes", type=int, default=SPOOL_MAX_BYTES)
     args = parser.parse_args(argv)
     if args.mode == "calibrate":
         answer = child_calibrate(args.seconds)
     else:
-        answer = child_run(args.policy, args.seconds, args.sink_rate, args.threshold, args.samples)
+        answer = child_run(
+            args.policy, args.seconds, args.sink_rate, args.threshold, args.samples, args.spool_max_bytes
+        )
     print(json.dumps(answer), flush=True)
 
 
@@ -231,11 +250,15 @@ def run(options: Options) -> Section:
     rate = float(calibration["rate"])
     sink_rate = rate / options.overload_slowdown
     sample_capacity = int(rate * seconds * 1.5 / SAMPLE_EVERY) + 1_000
+    variants = [(policy, policy, SPOOL_MAX_BYTES) for policy in OVERLOAD_POLICIES]
+    default_cap = PipelineConfig().spool_max_bytes
+    variants.append((f"spill, default {fmt_bytes(default_cap)} spool cap", "spill", default_cap))
     results = []
-    for policy in OVERLOAD_POLICIES:
+    for label, policy, spool_cap in variants:
         args = ["run", "--policy", policy, "--seconds", str(seconds), "--sink-rate", str(sink_rate)]
         args += ["--threshold", str(options.overload_threshold), "--samples", str(sample_capacity)]
-        results.append(run_child(__name__, args, timeout=DRAIN_TIMEOUT + 120 + seconds))
+        args += ["--spool-max-bytes", str(spool_cap)]
+        results.append({"label": label, **run_child(__name__, args, timeout=DRAIN_TIMEOUT + 120 + seconds)})
     return _section(options, rate, sink_rate, results)
 
 
@@ -264,7 +287,7 @@ def _section(options: Options, rate: float, sink_rate: float, results: list[dict
         dropped = sum(int(v) for v in r["dropped"].values())
         section.add_row(
             [
-                r["policy"],
+                r["label"],
                 fmt_int(r["emitted"]),
                 fmt_int(r["rate"]),
                 fmt_num(r["p50_ns"] / 1e3, 2),
@@ -299,6 +322,10 @@ def _section(options: Options, rate: float, sink_rate: float, results: list[dict
         "counts messages delivered in that drain (queued or spooled at the stop)"
     )
     section.notes.append("adaptive_sampling is off in these runs so that only the overflow policy decides what is kept")
+    section.notes.append(
+        f"the policy rows give the spool a {fmt_bytes(SPOOL_MAX_BYTES)} cap so that only the policy is measured; the "
+        "last row keeps the default cap, and the spool evicts (counted as dropped spool_full) once it is full"
+    )
     return section
 
 

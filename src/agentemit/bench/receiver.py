@@ -1,7 +1,8 @@
 """A minimal OTLP/HTTP trace receiver, run in its own process: ``python -m agentemit.bench.receiver``.
 
 It decodes every ``ExportTraceServiceRequest`` (gzip or plain) and counts spans; ``GET /count``
-answers ``{"spans": n, "requests": m}``. It lives here, not in tests/, so the bench stands alone.
+answers ``{"spans": n, "events": e, "requests": m}`` where ``events`` counts only the spans of emitted
+messages and rewards (not rollout root spans). It lives here, not in tests/, so the bench stands alone.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from agentemit.bench._proc import serve_until_stdin_closes
 
 _LOCK = threading.Lock()
-_COUNTS = {"spans": 0, "requests": 0}
+_COUNTS = {"spans": 0, "events": 0, "requests": 0}
+_EVENT_NAMES = frozenset({"agentlightning.message", "agentlightning.reward"})
 _OK = ExportTraceServiceResponse().SerializeToString()
 
 
@@ -46,9 +48,14 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:
             self._answer(400, f"not an ExportTraceServiceRequest: {exc}".encode(), "text/plain")
             return
-        spans = sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+        spans = events = 0
+        for resource_spans in request.resource_spans:
+            for scope in resource_spans.scope_spans:
+                spans += len(scope.spans)
+                events += sum(1 for span in scope.spans if span.name in _EVENT_NAMES)
         with _LOCK:
             _COUNTS["spans"] += spans
+            _COUNTS["events"] += events
             _COUNTS["requests"] += 1
         self._answer(200, _OK, "application/x-protobuf")
 

@@ -501,8 +501,8 @@ class Pipeline:
 
     def _replay(self, flush_all: bool) -> None:
         """Replay spooled batches, oldest first, while the sink answers (worker thread)."""
-        if self._spool is None or self._spool.pending_records() == 0:
-            return
+        if self._closed or self._spool is None or self._spool.pending_records() == 0:
+            return  # closed: shutdown() closed the spool; a worker outliving it must not touch it
         if not self._sink_healthy and self.clock() < self._next_probe and not flush_all:
             return
         self._replay_from(self._spool, flush_all)
