@@ -261,13 +261,6 @@ def test_a_damaged_spool_record_loses_only_itself(tmp_path: Path, pipelines: lis
     store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (pipeline.py): when a spool record's header is intact but its body cannot be decoded, "
-    "_replay_entry counts header.count as 'invalid' but neither adds it to 'recovered' (another process's "
-    "record) nor takes it off 'in_spool' (its own), so the accounting invariant is off by that count. "
-    "Fix: do the owner bookkeeping of the success path before returning 0 in the except branch.",
-)
 def test_an_undecodable_spool_record_is_counted_invalid_and_stays_accounted(
     tmp_path: Path, pipelines: list[Pipeline]
 ) -> None:
@@ -327,3 +320,31 @@ def test_a_forked_child_neither_loses_nor_duplicates_the_parents_events(tmp_path
     bodies = stored_bodies(store)
     assert len(bodies) == before + in_child + after and set(bodies.values()) == {1}
     store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_keep_the_parents_spool_locked(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+    root = tmp_path / "spool"
+    parent = Pipeline(RecordingSink(script=["fail"] * 100), config(root), name="forked", start=False)
+    pipelines.append(parent)
+    with rollout(parent, "r"):
+        emit_message("spooled by the parent")
+    assert parent.force_flush(5.0).in_spool == 1  # the parent's spool is open (and locked)
+    release_read, release_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child lives on, doing nothing with the parent's spool
+        try:
+            os.close(release_write)
+            os.read(release_read, 1)
+        finally:
+            os._exit(0)
+    os.close(release_read)
+    try:
+        parent.shutdown(0.1)  # as if the parent died: it no longer holds its spool
+        recovering = Pipeline(RecordingSink(), config(root), name="forked", start=False)
+        pipelines.append(recovering)
+        recovered = recovering.recover_orphaned_spools()
+    finally:
+        os.close(release_write)  # the child exits
+        os.waitpid(pid, 0)
+    assert recovered == 1

@@ -306,13 +306,6 @@ def test_shutdown_returns_in_bounded_time_and_keeps_what_it_could_not_send_on_di
     assert p.force_flush(0.1).in_spool == 7  # flushing a shut-down pipeline is a harmless no-op
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (pipeline.py): force_flush takes _export_lock with a plain `with` to replay the spool, so "
-    "while the worker holds it (start-up recovery or a replay into a sink that hangs) force_flush waits for "
-    "the sink, not its deadline (here ~3 s for force_flush(0.2)). Fix: acquire(timeout=remaining) and give "
-    "_replay_from the deadline.",
-)
 def test_force_flush_honours_its_deadline_while_the_worker_replays_into_a_hanging_sink(
     tmp_path: Path, pipelines: list[Pipeline], gate: threading.Event
 ) -> None:
@@ -376,15 +369,6 @@ def test_exporting_on_the_worker_produces_no_spans_of_its_own(tmp_path: Path) ->
         tracer.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (pipeline.py): when force_flush exports on the caller's thread (worker not running: "
-    "start=False, or it died), the sink runs inside the caller's rollout: its emit_* calls and OpenTelemetry "
-    "spans (the SDK ignores the suppress flag) are recorded and exported again (unbounded re-entry if the "
-    "sink always emits). Fix: in _deliver, run sink.export with CURRENT set to None and an empty OTel context "
-    "(a thread-local 'exporting' guard), e.g. `token = CURRENT.set(None)` + "
-    "`otel_context.attach(Context({_SUPPRESS: True}))` around export.",
-)
 def test_exporting_on_the_callers_thread_produces_no_spans_of_its_own(
     tmp_path: Path, pipelines: list[Pipeline]
 ) -> None:
@@ -396,7 +380,7 @@ def test_exporting_on_the_callers_thread_produces_no_spans_of_its_own(
         emit_message("agent")
         assert p.force_flush(5.0).completed
     assert p.force_flush(5.0).completed
-    assert sorted(s.name for s in sink.spans) == [semconv.SPAN_MESSAGE, semconv.SPAN_ROLLOUT]
+    assert sorted(s.name for s in sink.spans) == sorted([semconv.SPAN_MESSAGE, semconv.SPAN_ROLLOUT])
 
 
 # --- sinks that fail, recover, or refuse one span ------------------------------------------------
@@ -449,12 +433,6 @@ def test_a_refused_malformed_span_does_not_lose_the_rest_of_its_batch(
     store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (pipeline.py): _replay_entry adds len(spans) to 'exported' after a bisected replay, so a span "
-    "the sink refused is counted both 'invalid' and 'exported' (invariant off by one). "
-    "Fix: have _deliver return how many spans the sink took and count that.",
-)
 def test_a_refused_malformed_span_in_a_replayed_batch_is_counted_once(
     tmp_path: Path, pipelines: list[Pipeline]
 ) -> None:
@@ -468,15 +446,6 @@ def test_a_refused_malformed_span_in_a_replayed_batch_is_counted_once(
     assert snap["exported"] == 7 and unaccounted(snap) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CodecError,
-    reason="BUG (pipeline.py): while the sink is down, a batch holding a span the codec cannot encode (here "
-    "a user stage set an attribute to None) makes _spool_built raise CodecError out of _deliver: on the worker "
-    "it kills the worker thread (nothing is delivered any more), on the caller's thread it raises out of "
-    "force_flush. Fix: in _spool_built, on an encoding error encode span by span, count the bad ones "
-    "'invalid' and spool the rest; and let the worker loop survive one failed pass.",
-)
 def test_an_unencodable_span_during_an_outage_is_counted_and_the_rest_are_kept(
     tmp_path: Path, pipelines: list[Pipeline]
 ) -> None:

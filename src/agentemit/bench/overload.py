@@ -303,7 +303,7 @@ def _section(options: Options, rate: float, sink_rate: float, results: list[dict
         )
         for phase, growth in (("under overload", r["rss_growth_producer"]), ("incl. drain", r["rss_growth_total"])):
             section.check(
-                f"{r['policy']}: RSS growth {phase}",
+                f"{r['label']}: RSS growth {phase}",
                 f"<= {fmt_bytes(threshold)}",
                 fmt_bytes(growth),
                 growth <= threshold,

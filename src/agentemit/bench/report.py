@@ -110,6 +110,8 @@ def fmt_int(value: float) -> str:
 def fmt_bytes(value: float) -> str:
     if value != value:
         return "n/a"
+    if abs(value) >= 1 << 30:
+        return f"{value / (1 << 30):,.2f} GiB"
     return f"{value / (1 << 20):,.1f} MiB"
 
 

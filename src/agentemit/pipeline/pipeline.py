@@ -31,6 +31,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
+from agentemit.codec import encode_span
 from agentemit.emit.events import HIGH_PRIORITY_EVENT_KINDS as _HIGH_EVENTS
 from agentemit.emit.events import event_policies
 from agentemit.pipeline import spill_format
@@ -38,11 +39,11 @@ from agentemit.pipeline.builder import build_span
 from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
 from agentemit.pipeline.lanes import Lanes
 from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
-from agentemit.pipeline.sink import Sink
+from agentemit.pipeline.sink import ExportResult, Sink
 from agentemit.pipeline.spool import Spool, SpoolEntry, SpoolLockedError
 from agentemit.pipeline.stats import DropReason, PipelineStats
-from agentemit.span import Span
-from agentemit.tracing.context import RawRecord
+from agentemit.span import Span, decode_attributes
+from agentemit.tracing.context import CURRENT, RawRecord
 
 logger = logging.getLogger("agentemit")
 
@@ -96,7 +97,8 @@ class Pipeline:
         self.config = config or PipelineConfig.from_env()
         self.sink = sink
         self.stages = list(stages)
-        self.resource = dict(resource or {})
+        # Checked once here: a bad resource value would make every span of this pipeline unencodable.
+        self.resource = decode_attributes(dict(resource or {}), "resource", empty_keys=False)
         self.clock = clock
         self.name = name
         self._base_config = self.config
@@ -261,7 +263,7 @@ class Pipeline:
             self._spiller.start()
 
     def _run_worker(self) -> None:
-        with _instrumentation_suppressed():
+        with _exporting():
             self._worker_loop()
 
     def _worker_loop(self) -> None:
@@ -276,7 +278,11 @@ class Pipeline:
                 if tick:
                     self._on_tick()
                     next_tick = self.clock() + self.config.flush_interval
-                self.run_once(flush_all=flush_all)
+                try:
+                    self.run_once(flush_all=flush_all)
+                except Exception:  # one failed pass must not stop delivery for good
+                    logger.exception("agentemit: pipeline worker pass failed; retrying")
+                    self._stop.wait(0.05)
                 if self._stop.is_set() and not len(self.lanes) and not self._spill:
                     break
         except Exception:  # the worker must never die silently
@@ -319,7 +325,9 @@ class Pipeline:
         try:
             self.lanes.observe(records)
             spans = self._build(records)
-            self._deliver(spans)
+            taken = self._deliver(spans)
+            if taken:
+                self.stats.add("exported", taken)
         finally:
             with self._count_lock:
                 self._inflight -= len(records)
@@ -348,43 +356,46 @@ class Pipeline:
                 spans.append(span)
         return spans
 
-    def _deliver(self, spans: list[Span], *, replaying: bool = False) -> bool:
-        """Export one batch; on failure spool it. Returns True when the sink took it."""
+    def _deliver(self, spans: list[Span], *, replaying: bool = False) -> int | None:
+        """Export one batch; returns how many spans the sink took (refused ones are counted invalid).
+
+        None means a retryable failure: unless replaying, the batch (or the failed part of it) went
+        to the spool. Callers count what was taken as exported.
+        """
         if not spans:
-            return True
+            return 0
         if not self._sink_healthy and not replaying and self.clock() < self._next_probe:
             self._spool_built(spans)
-            return False
+            return None
         started = self.clock()
         try:
-            result = self.sink.export(spans)
+            with _exporting():
+                result = self.sink.export(spans)
         except Exception as exc:  # sinks must not raise; if one does, treat it as a retryable failure
-            from agentemit.pipeline.sink import ExportResult
-
             result = ExportResult.failure(f"{type(exc).__name__}: {exc}")
         self.stats.export_latency.observe(self.clock() - started)
         self.stats.add("batches")
         if result.ok:
             self._sink_healthy = True
-            if not replaying:
-                self.stats.add("exported", len(spans))
-            return True
+            return len(spans)
         self.stats.add("export_failed")
         if not result.retryable:
             if len(spans) > 1:  # isolate the bad span(s): a malformed span never poisons a batch
                 middle = len(spans) // 2
-                ok_left = self._deliver(spans[:middle], replaying=replaying)
-                ok_right = self._deliver(spans[middle:], replaying=replaying)
-                return ok_left and ok_right
+                left = self._deliver(spans[:middle], replaying=replaying)
+                right = self._deliver(spans[middle:], replaying=replaying)
+                if replaying and (left is None or right is None):
+                    return None  # the record stays in the spool; what was taken is counted on its re-replay
+                return (left or 0) + (right or 0)
             self.stats.drop(DropReason.INVALID)
             logger.warning("agentemit: sink refused span %s (%s): %s", spans[0].span_id, spans[0].name, result.error)
-            return True  # refused for good: counted, nothing to retry
+            return 0  # refused for good: counted, nothing to retry
         self._sink_healthy = False
         self._next_probe = self.clock() + min(self.config.retry_max_delay, self.config.flush_interval)
         if not replaying:
             self._spool_built(spans)
         logger.warning("agentemit: export failed (%s); batch spooled to disk for replay", result.error)
-        return False
+        return None
 
     # --- spool ----------------------------------------------------------------------------------
 
@@ -436,7 +447,23 @@ class Pipeline:
 
     def _spool_built(self, spans: list[Span]) -> None:
         high = any(s.name in _HIGH_NAMES for s in spans)
-        self._append_spool(spill_format.encode_built(spans, self._owner), len(spans), 0 if high else 1)
+        try:
+            payload = spill_format.encode_built(spans, self._owner)
+        except Exception:  # one unencodable span must not cost the batch: keep the rest, count it
+            spans = [s for s in spans if self._encodable(s)]
+            if not spans:
+                return
+            payload = spill_format.encode_built(spans, self._owner)
+        self._append_spool(payload, len(spans), 0 if high else 1)
+
+    def _encodable(self, span: Span) -> bool:
+        try:
+            encode_span(span)
+        except Exception as exc:
+            self.stats.drop(DropReason.INVALID)
+            logger.warning("agentemit: span %s (%s) cannot be encoded, dropped: %s", span.span_id, span.name, exc)
+            return False
+        return True
 
     def _append_spool(self, payload: bytes, count: int, priority: int) -> None:
         try:
@@ -463,7 +490,7 @@ class Pipeline:
             self._in_spool -= count
 
     def _run_spiller(self) -> None:
-        with _instrumentation_suppressed():
+        with _exporting():
             while not (self._stop.is_set() and not self._spill):
                 self._spill_wake.wait(0.05)
                 self._spill_wake.clear()
@@ -499,15 +526,15 @@ class Pipeline:
                     self._inflight -= len(chunk)
         self._notify_idle()
 
-    def _replay(self, flush_all: bool) -> None:
+    def _replay(self, flush_all: bool, deadline: float | None = None) -> None:
         """Replay spooled batches, oldest first, while the sink answers (worker thread)."""
         if self._closed or self._spool is None or self._spool.pending_records() == 0:
             return  # closed: shutdown() closed the spool; a worker outliving it must not touch it
         if not self._sink_healthy and self.clock() < self._next_probe and not flush_all:
             return
-        self._replay_from(self._spool, flush_all)
+        self._replay_from(self._spool, flush_all, deadline)
 
-    def _replay_from(self, spool: Spool, flush_all: bool) -> int:
+    def _replay_from(self, spool: Spool, flush_all: bool, deadline: float | None = None) -> int:
         """Replay ``spool`` in chunks, acking each delivered chunk in one call; stops on a failure."""
         delivered = 0
         while True:
@@ -526,6 +553,8 @@ class Pipeline:
             if done:
                 spool.ack(done)
             if failed or (not flush_all and len(self.lanes) >= self._batch_size):
+                return delivered
+            if deadline is not None and time.monotonic() >= deadline:
                 return delivered  # fresh events first; the rest waits for the next idle moment
 
     def _replay_entry(self, entry: SpoolEntry) -> int | None:
@@ -538,24 +567,29 @@ class Pipeline:
         body = entry.payload[spill_format.HEADER_SIZE :]
         try:
             if header.form == b"R":
-                spans = self._build(spill_format.decode_raw_rows(body))
+                spans = self._build(spill_format.decode_raw_rows(body))  # counts what it filters
             else:
                 spans = spill_format.decode_built(body)
         except Exception as exc:
             self.stats.drop(DropReason.INVALID, header.count)
             logger.warning("agentemit: a spool record could not be decoded (%s); %d event(s) lost", exc, header.count)
+            self._settle_spooled(header)
             return 0
-        if not self._deliver(spans, replaying=True):
+        taken = self._deliver(spans, replaying=True)
+        if taken is None:
             return None
-        mine = header.owner == self._owner
+        self._settle_spooled(header)
+        self.stats.add("exported", taken)
+        self.stats.add("replayed", taken)
+        return taken
+
+    def _settle_spooled(self, header: spill_format.SpillHeader) -> None:
+        """A spool record is done with: its events leave ``in_spool`` (ours) or join ``recovered``."""
         with self._count_lock:
-            if mine:
+            if header.owner == self._owner:
                 self._in_spool -= header.count
             else:
                 self._recovered += header.count
-        self.stats.add("exported", len(spans))
-        self.stats.add("replayed", len(spans))
-        return len(spans)
 
     # --- ticks, flush, shutdown, stats ----------------------------------------------------------
 
@@ -596,7 +630,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         self._flush_all.set()
         try:
-            with _instrumentation_suppressed():  # exports from the caller's thread must not be traced either
+            with _exporting():  # exports from the caller's thread must not be traced either
                 self._flush_until(deadline, drain_spool)
         finally:
             self._flush_all.clear()
@@ -612,8 +646,11 @@ class Pipeline:
             with self._idle:
                 self._idle.wait(min(0.01, max(0.0, deadline - time.monotonic())))
         while not self.pending() and self._spool is not None and time.monotonic() < deadline:
-            with self._export_lock:
-                self._replay(True)
+            if self._export_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                try:
+                    self._replay(True, deadline)
+                finally:
+                    self._export_lock.release()
             if not drain_spool or self._spool.pending_records() == 0:
                 break
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
@@ -659,7 +696,7 @@ class Pipeline:
             except Exception:
                 self.stats.drop(DropReason.SHUTDOWN, len(leftovers))
         try:
-            with _instrumentation_suppressed():
+            with _exporting():
                 self.sink.shutdown(max(0.0, deadline - time.monotonic()))
         except Exception as exc:
             logger.warning("agentemit: sink shutdown failed: %s", exc)
@@ -698,6 +735,8 @@ class Pipeline:
 
     def _after_fork_in_child(self) -> None:
         """The child starts empty: the parent still owns (and will deliver) what was queued."""
+        if self._spool is not None:
+            self._spool.abandon_after_fork()
         self._spool = None
         self._owner = os.urandom(8)
         self._init_runtime_state()
@@ -709,13 +748,19 @@ _HIGH_NAMES = frozenset({"agentlightning.reward", "agentlightning.exception"})
 
 
 @contextlib.contextmanager
-def _instrumentation_suppressed() -> Iterator[None]:
-    """OpenTelemetry's suppress-instrumentation flag: exporting must never produce spans of its own."""
-    token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+def _exporting() -> Iterator[None]:
+    """The context every export runs in, on any thread: no active rollout (emits inside a sink are
+    no-ops) and an empty OpenTelemetry context with instrumentation suppressed, so exporting never
+    produces spans of its own."""
+    rollout_token = CURRENT.set(None)
+    otel_token = otel_context.attach(
+        otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True, otel_context.Context())
+    )
     try:
         yield
     finally:
-        otel_context.detach(token)
+        otel_context.detach(otel_token)
+        CURRENT.reset(rollout_token)
 
 
 def _is_high(kind: str) -> bool:

@@ -366,6 +366,21 @@ class Spool:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
+    def abandon_after_fork(self) -> None:
+        """In a forked child: drop the inherited file descriptors without unlocking or flushing.
+
+        ``flock`` locks belong to the open file description the child shares with its parent; closing
+        the child's copies leaves the parent's lock in place, and the parent's spool recoverable when
+        the parent exits. Touches no lock object (the parent may have held it at fork time).
+        """
+        self._closed = True
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = None
+        self._lock_fd = None
+
     def __enter__(self) -> Spool:
         return self
 

@@ -54,6 +54,9 @@ class RolloutSpanProcessor(SpanProcessor):
         if ctx is None or sc is None or not isinstance(seq, int):
             self.orphans += 1
             return
+        if "otel" in ctx.sampled_out:
+            ctx.on_sampled_out()
+            return
         record: RawRecord = (
             "otel",
             span.name,
