@@ -183,7 +183,7 @@ def raw_record(kind: str, i: int, *, rollout_id: str = "r", body: str | None = N
     """A raw record as a rollout context would make it (for tests that call ``submit`` directly)."""
     name = {"reward": semconv.SPAN_REWARD, "exception": semconv.SPAN_EXCEPTION}.get(kind, semconv.SPAN_MESSAGE)
     attrs: dict[str, Any] = {semconv.MESSAGE_BODY: body if body is not None else f"{kind}-{i}"}
-    return (kind, name, i, i, attrs, "0" * 31 + "1", i + 1, 0, i, rollout_id, "attempt-0", None)
+    return (kind, name, i, i, attrs, "0" * 31 + "1", i + 1, 0, i, rollout_id, "attempt-0", None, 0)
 
 
 def message_body(round_: int, k: int) -> str:

@@ -511,7 +511,7 @@ def test_exports_run_from_the_callers_thread_suppress_instrumentation(tmp_spool:
     sink = _SuppressionProbeSink()
     pipeline = Pipeline(sink, tmp_spool, start=False)
     try:
-        pipeline.submit(("message", "m", 1, 2, {}, f"{1:032x}", 5, 0, 0, "r-probe", "attempt-0", None))
+        pipeline.submit(("message", "m", 1, 2, {}, f"{1:032x}", 5, 0, 0, "r-probe", "attempt-0", None, 0))
         assert pipeline.force_flush(5).completed
     finally:
         pipeline.shutdown(5)

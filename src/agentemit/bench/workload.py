@@ -87,6 +87,7 @@ def make_spans(n: int, tag: str, per_rollout: int = 1_000) -> list[Span]:
             f"{tag}-rollout-{rollout}",
             "attempt-0",
             None,
+            0,
         )
         spans.append(build_span(record, resource))
     return spans

@@ -313,7 +313,7 @@ def emit_event(name: str, data: Any, *, attributes: Mapping[str, Any] | None = N
     attrs[semconv.EVENT_TYPE] = name
     attrs[semconv.EVENT_VERSION] = event_type.version
     attrs[semconv.EVENT_PAYLOAD] = payload.decode()
-    ctx.emit(event_type.kind, event_type.span_name, attrs)
+    ctx.emit(event_type.kind, event_type.span_name, attrs, len(attrs[semconv.EVENT_PAYLOAD]))
 
 
 def _reject(event_type: EventType, exc: EventValidationError) -> None:

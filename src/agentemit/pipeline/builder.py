@@ -67,16 +67,3 @@ def _stamp_identity(attrs: Attributes, span: Span) -> None:
     attrs[semconv.ROLLOUT_ID] = span.rollout_id
     attrs[semconv.ATTEMPT_ID] = span.attempt_id
     attrs[semconv.SPAN_SEQUENCE_ID] = span.sequence_id
-
-
-def estimate_bytes(record: RawRecord) -> int:
-    """A cheap size estimate of a raw record in memory (used for the memory threshold)."""
-    size = 400
-    for value in record[4].values():
-        if type(value) is str:
-            size += 80 + len(value)
-        else:
-            size += 80
-    if record[0] == "otel":
-        size += 2000
-    return size

@@ -37,7 +37,7 @@ from agentemit.emit.events import event_policies
 from agentemit.pipeline import spill_format
 from agentemit.pipeline.builder import build_span
 from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
-from agentemit.pipeline.lanes import Lanes
+from agentemit.pipeline.lanes import QUEUE_SHARE, Lanes
 from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
 from agentemit.pipeline.sink import ExportResult, Sink
 from agentemit.pipeline.spool import Spool, SpoolEntry, SpoolLockedError
@@ -124,6 +124,8 @@ class Pipeline:
         self._low = self.lanes.low
         self._spill: deque[RawRecord] = deque()
         self._spill_capacity = max(_SPILL_CHUNK * 4, self.lanes.low_capacity)
+        self._spill_bytes = 0  # estimated, like Lanes.queued_bytes
+        self._spill_budget = max(_SPILL_CHUNK * 1024, int(self.config.memory_threshold * (1.0 - QUEUE_SHARE)))
         self._wake = threading.Event()
         self._spill_wake = threading.Event()
         self._room = threading.Event()
@@ -153,8 +155,9 @@ class Pipeline:
             return
         high = kind in _HIGH or kind in _HIGH_EVENTS
         lane = self._high if high else self._low
-        if len(self._high) + len(self._low) < (self.lanes.high_capacity if high else self.lanes.low_capacity):
+        if self.lanes.has_room(high):
             lane.append(record)
+            self.lanes.queued_bytes += record[12]
             if len(lane) == self._batch_size:
                 self._wake.set()
             return
@@ -217,27 +220,30 @@ class Pipeline:
             self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
         elif policy == "drop_oldest":
             try:
-                lane.popleft()
+                self.lanes.queued_bytes -= lane.popleft()[12]
                 self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
             except IndexError:
                 pass
             lane.append(record)
+            self.lanes.queued_bytes += record[12]
         elif policy == "block":
-            capacity = self.lanes.high_capacity if high else self.lanes.low_capacity
-            if self._wait_for_room(lambda: len(self._high) + len(self._low) < capacity):
+            if self._wait_for_room(lambda: self.lanes.has_room(high)):
                 lane.append(record)
+                self.lanes.queued_bytes += record[12]
             else:
                 self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
         else:  # spill: the spill thread writes it to disk; wait only if the disk cannot keep up
             spill = self._spill
-            if len(spill) >= self._spill_capacity and not self._wait_for_room(
-                lambda: len(spill) < self._spill_capacity
-            ):
+            if not self._spill_has_room() and not self._wait_for_room(self._spill_has_room):
                 self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
                 return
             spill.append(record)
+            self._spill_bytes += record[12]
             if len(spill) % 256 == 1:
                 self._spill_wake.set()
+
+    def _spill_has_room(self) -> bool:
+        return len(self._spill) < self._spill_capacity and self._spill_bytes < self._spill_budget
 
     def _wait_for_room(self, has_room: Callable[[], bool]) -> bool:
         deadline = time.monotonic() + self.config.block_timeout
@@ -323,7 +329,6 @@ class Pipeline:
             self._taken += len(records)
             self._inflight += len(records)
         try:
-            self.lanes.observe(records)
             spans = self._build(records)
             taken = self._deliver(spans)
             if taken:
@@ -506,6 +511,7 @@ class Pipeline:
                     chunk.append(popleft())
                 except IndexError:
                     break
+            self._spill_bytes = 0 if not spill else self._spill_bytes - sum(r[12] for r in chunk)
             self._room.set()
             with self._count_lock:
                 self._taken += len(chunk)

@@ -68,7 +68,7 @@ def decode_raw_rows(body: bytes) -> list[RawRecord | Span]:
             out.append(Span.from_dict(row[1]))
         else:
             row[4] = decode_attributes(row[4])  # tagged non-finite floats back, lists back to tuples
-            out.append((*row, None))
+            out.append((*row, None, 0))
     return out
 
 

@@ -16,6 +16,7 @@ Raw record layout (index: meaning)::
     8 sequence_id int, increasing per rollout
     9 rollout_id  10 attempt_id
     11 extra      None, or the OpenTelemetry ReadableSpan for kind "otel"
+    12 size       estimated bytes in memory (RECORD_OVERHEAD + the big strings the emitter knows of)
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any
 from opentelemetry.context import get_current as _otel_current_context
 from opentelemetry.trace.propagation import _SPAN_KEY
 
-RawRecord = tuple[str, str, int, int, dict[str, Any], str, int, int, int, str, str, Any]
+RawRecord = tuple[str, str, int, int, dict[str, Any], str, int, int, int, str, str, Any, int]
+RECORD_OVERHEAD = 700  # a raw record's tuple, attribute dict, ints and short strings, measured roughly
 Deliver = Callable[[RawRecord], None]
 
 _time_ns = time.time_ns
@@ -86,7 +88,7 @@ class RolloutContext:
         self.root_otel_span = root_otel_span
         self.parent = parent
 
-    def emit(self, kind: str, name: str, attrs: dict[str, Any]) -> None:
+    def emit(self, kind: str, name: str, attrs: dict[str, Any], size: int = 0) -> None:
         """Record one event span; the hot path. Never blocks except under the ``block`` policy."""
         if kind in self.sampled_out:
             self.on_sampled_out()
@@ -111,6 +113,7 @@ class RolloutContext:
             self.rollout_id,
             self.attempt_id,
             None,
+            RECORD_OVERHEAD + size,
         )
         records = self.records
         if records is not None:

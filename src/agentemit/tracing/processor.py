@@ -16,6 +16,8 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from agentemit import semconv
 from agentemit.tracing.context import RawRecord, RolloutContext
 
+_SDK_SPAN_SIZE = 3000  # an SDK span object with a handful of attributes, roughly
+
 
 class RolloutSpanProcessor(SpanProcessor):
     """Routes finished SDK spans to the rollout whose trace they are in."""
@@ -70,6 +72,7 @@ class RolloutSpanProcessor(SpanProcessor):
             str(attrs.get(semconv.ROLLOUT_ID, ctx.rollout_id)),
             str(attrs.get(semconv.ATTEMPT_ID, ctx.attempt_id)),
             span,
+            _SDK_SPAN_SIZE,
         )
         if ctx.records is not None:
             ctx.records.append(record)
