@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agentemit import semconv
-from agentemit.span import Attributes, Span, SpanEvent
+from agentemit.span import Attributes, Span, SpanEvent, StatusName
 from agentemit.tracing.context import RawRecord
 
 
@@ -22,24 +22,13 @@ def build_span(record: RawRecord, resource: Attributes) -> Span:
     attrs[semconv.ATTEMPT_ID] = attempt_id
     attrs[semconv.SPAN_SEQUENCE_ID] = sequence_id
     parent = record[7]
-    if kind != "exception":
-        return Span(
-            record[5],
-            _hex16(record[6]),
-            _hex16(parent) if parent else None,
-            record[1],
-            record[2],
-            record[3],
-            rollout_id,
-            attempt_id,
-            sequence_id,
-            attrs,
-            "UNSET",
-            None,
-            [],
-            resource,  # shared, read-only by convention: every span of a pipeline has the same resource
-        )
-    exception_attrs = {k: v for k, v in attrs.items() if k.startswith("exception.")}
+    status: StatusName = "UNSET"
+    description: str | None = None
+    events: list[SpanEvent] = []
+    if kind == "exception":  # status and an OpenTelemetry exception event, as the SDK records them
+        status = "ERROR"
+        description = str(attrs.get(semconv.EXCEPTION_MESSAGE, ""))
+        events.append(SpanEvent("exception", record[2], {k: v for k, v in attrs.items() if k.startswith("exception.")}))
     return Span(
         record[5],
         _hex16(record[6]),
@@ -51,10 +40,10 @@ def build_span(record: RawRecord, resource: Attributes) -> Span:
         attempt_id,
         sequence_id,
         attrs,
-        "ERROR",
-        str(attrs.get(semconv.EXCEPTION_MESSAGE, "")),
-        [SpanEvent("exception", record[2], exception_attrs)],
-        resource,
+        status,
+        description,
+        events,
+        resource,  # shared, read-only by convention: every span of a pipeline has the same resource
     )
 
 
