@@ -40,7 +40,7 @@ def timed_run(tracer: OtelTracer, n: int, delivered: Callable[[], int]) -> dict[
         started = time.perf_counter()
         workload.produce(n)
         emitted = time.perf_counter()
-        report = tracer.force_flush(FLUSH_TIMEOUT)
+        report = tracer.force_flush(FLUSH_TIMEOUT, drain_spool=True)
         done = time.perf_counter()
         stats = tracer.stats()
         lost = n - delivered()

@@ -138,9 +138,29 @@ def exception_attributes(exception: BaseException, escaped: bool = False) -> dic
     return {
         semconv.EXCEPTION_TYPE: cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}",
         semconv.EXCEPTION_MESSAGE: _exception_message(exception),
-        semconv.EXCEPTION_STACKTRACE: "".join(traceback.format_exception(exception)),
+        semconv.EXCEPTION_STACKTRACE: DeferredStacktrace(exception),
         semconv.EXCEPTION_ESCAPED: escaped,
     }
+
+
+class DeferredStacktrace:
+    """An exception's stack trace, formatted later on the pipeline's worker (formatting costs ~30 µs).
+
+    Holds the traceback object as it is at emit time: as an exception propagates, Python links new
+    frames in front of that object, never into it, so formatting it later gives the emit-time stack.
+    """
+
+    __slots__ = ("exception", "traceback")
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+        self.traceback = exception.__traceback__
+
+    def format(self) -> str:
+        try:
+            return "".join(traceback.format_exception(type(self.exception), self.exception, self.traceback))
+        except Exception as exc:  # a broken __str__ or frame must not cost the event
+            return f"<stack trace unavailable: {type(exc).__name__}>"
 
 
 def _exception_message(exception: BaseException) -> str:
@@ -165,7 +185,7 @@ def emit_exception(exception: BaseException, *, attributes: Mapping[str, Any] | 
     attrs = exception_attributes(exception)
     if attributes:
         attrs = _merge_attributes(attrs, attributes)
-    ctx.emit("exception", semconv.SPAN_EXCEPTION, attrs, len(attrs[semconv.EXCEPTION_STACKTRACE]))
+    ctx.emit("exception", semconv.SPAN_EXCEPTION, attrs, _STACKTRACE_SIZE)
 
 
 def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> None:
@@ -190,6 +210,9 @@ register_builtin_type("message", semconv.SPAN_MESSAGE, "normal")
 register_builtin_type("reward", semconv.SPAN_REWARD, "high")
 register_builtin_type("exception", semconv.SPAN_EXCEPTION, "high")
 register_builtin_type("object", semconv.SPAN_OBJECT, "normal")
+
+
+_STACKTRACE_SIZE = 4096  # a formatted stack trace, roughly; formatted later
 
 
 def _text_size(attrs: dict[str, Any]) -> int:

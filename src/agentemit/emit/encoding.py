@@ -99,6 +99,30 @@ def to_jsonable(value: Any, marker: _Truncated, depth: int = 0, seen: frozenset[
     raise TypeError(f"{type(value).__name__} has no JSON form")
 
 
+_NATIVE_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_NATIVE_CONTAINERS = (dict, list, tuple)
+
+
+def _native_json(obj: Any) -> str | None:
+    """orjson's own encoding of a plain dict, list or tuple (and the datetimes, enums, UUIDs and numpy
+    values inside, in C), or None when it refuses (pydantic models, sets, bytes, cycles, ...) and the
+    bounded walker must do it.
+
+    NaN and infinities inside containers come out as ``null`` here, as JSON has no spelling for them.
+    """
+    if type(obj) not in _NATIVE_CONTAINERS:  # a dataclass or model is read field by field, by the walker
+        return None
+    try:
+        text = orjson.dumps(obj, option=_NATIVE_JSON_OPTIONS).decode("utf-8")
+    except Exception:
+        return None
+    # Conservative bounds, counted in C: no more brackets than MAX_DEPTH means no deeper nesting, fewer
+    # commas than MAX_ITEMS means no longer container. Otherwise the walker cuts and marks it.
+    if text.count("[") + text.count("{") > MAX_DEPTH or text.count(",") >= MAX_ITEMS:
+        return None
+    return text
+
+
 def bounded_repr(value: Any) -> str:
     """``repr`` that never raises and never exceeds :data:`MAX_REPR_CHARS`."""
     try:
@@ -136,7 +160,9 @@ def object_attributes(obj: Any) -> dict[str, AttributeValue]:
         return attrs
     marker = _Truncated()
     try:
-        text = orjson.dumps(to_jsonable(obj, marker)).decode("utf-8")
+        text = _native_json(obj)
+        if text is None:
+            text = orjson.dumps(to_jsonable(obj, marker)).decode("utf-8")
     except Exception:  # whatever the object raises while being read, it is stored as a repr, never raised
         attrs[semconv.OBJECT_REPR] = bounded_repr(obj)
         attrs[semconv.OBJECT_UNSERIALIZABLE] = True

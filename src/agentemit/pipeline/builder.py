@@ -26,6 +26,7 @@ def build_span(record: RawRecord, resource: Attributes) -> Span:
     description: str | None = None
     events: list[SpanEvent] = []
     if kind == "exception":  # status and an OpenTelemetry exception event, as the SDK records them
+        resolve_deferred(attrs)
         status = "ERROR"
         description = str(attrs.get(semconv.EXCEPTION_MESSAGE, ""))
         events.append(SpanEvent("exception", record[2], {k: v for k, v in attrs.items() if k.startswith("exception.")}))
@@ -56,3 +57,10 @@ def _stamp_identity(attrs: Attributes, span: Span) -> None:
     attrs[semconv.ROLLOUT_ID] = span.rollout_id
     attrs[semconv.ATTEMPT_ID] = span.attempt_id
     attrs[semconv.SPAN_SEQUENCE_ID] = span.sequence_id
+
+
+def resolve_deferred(attrs: Attributes) -> None:
+    """Format values the emitter deferred to the worker (an exception's stack trace), in place."""
+    trace = attrs.get(semconv.EXCEPTION_STACKTRACE)
+    if trace is not None and type(trace) is not str:
+        attrs[semconv.EXCEPTION_STACKTRACE] = trace.format()  # type: ignore[union-attr]
