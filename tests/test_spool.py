@@ -317,13 +317,27 @@ def test_acked_space_is_reclaimed_before_anything_is_evicted(tmp_path: Path) -> 
     assert pending == [b"old-3", b"old-4", b"old-5", b"old-8", b"old-9", *(f"new-{i}".encode() for i in range(5))]
 
 
-def test_entries_handed_out_before_a_compaction_can_still_be_acked(tmp_path: Path) -> None:
+def test_entries_handed_out_by_replay_are_never_evicted_before_they_are_acked(tmp_path: Path) -> None:
+    """Evicting a record the replay is delivering would count it lost and deliver it anyway."""
     with Spool(tmp_path, max_bytes=4 * RECORD) as spool:
         spool.append(payloads("low", 2, SIZE), priority=3)
         spool.append(payloads("high", 2, SIZE), priority=0)
         in_flight = spool.replay()
-        spool.append(payloads("new", 1, SIZE), priority=0)  # evicts low-0, rewriting the segment
-        assert spool.ack(in_flight) == 3  # low-1, high-0, high-1 (low-0 is gone)
+        assert spool.append(payloads("new", 1, SIZE), priority=0) == AppendResult(stored=0, refused=1)
+        assert spool.ack(in_flight) == 4
+        assert spool.append(payloads("new", 1, SIZE), priority=0).stored == 1
+    with Spool(tmp_path) as spool:
+        assert [e.payload.rstrip(b".") for e in spool.replay()] == [b"new-0"]
+
+
+def test_entries_handed_out_survive_a_compaction_and_can_still_be_acked(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=4 * RECORD) as spool:
+        spool.append(payloads("low", 2, SIZE), priority=3)
+        spool.append(payloads("high", 2, SIZE), priority=0)
+        in_flight = spool.replay(limit=3)  # low-0, low-1, high-0; high-1 is not handed out
+        # Only high-1 may go (same priority, not handed out); evicting it rewrites the segment.
+        assert spool.append(payloads("new", 1, SIZE), priority=0) == AppendResult(stored=1, evicted=1)
+        assert spool.ack(in_flight) == 3
     with Spool(tmp_path) as spool:
         assert [e.payload.rstrip(b".") for e in spool.replay()] == [b"new-0"]
 

@@ -71,7 +71,7 @@ class PipelineConfig:
     retry_base_delay: float = 0.1
     retry_max_delay: float = 5.0
     rate_limits: Mapping[str, float] = field(default_factory=dict)  # kind -> events/s (token bucket)
-    adaptive_sampling: bool = True
+    adaptive_sampling: bool = False  # opt-in: a CPU-bound agent thread alone would trigger shedding
     shutdown_timeout: float = 5.0
     redact: bool = True
 

@@ -252,6 +252,7 @@ class Spool:
         self._fd: int | None = None  # append handle of the active segment
         self._cursor = 0
         self._acked_ahead: set[int] = set()
+        self._handed_out: dict[int, _Record] = {}  # replayed, not yet acked: never evicted
         self._next_seq = 0
         self._stats = SpoolStats()
         self._warned: dict[str, float] = {}
@@ -312,6 +313,10 @@ class Spool:
                 self._warn("corrupt", "spool %s: dropped %d damaged record(s) on replay", self.directory, len(damaged))
                 self._advance_cursor()
             self._stats.replayed += len(out)
+            for entry in out:
+                handed = self._live.get(entry.position)
+                if handed is not None:
+                    self._handed_out[handed.seq] = handed
         return out
 
     def ack(self, entries: Iterable[SpoolEntry]) -> int:
@@ -454,6 +459,7 @@ class Spool:
 
     def _drop(self, rec: _Record) -> None:
         del self._live[rec.seq]
+        self._handed_out.pop(rec.seq, None)
         rec.segment.live_count -= 1
         rec.segment.live_bytes -= rec.size
         self._live_bytes[rec.priority] -= rec.size
@@ -588,7 +594,10 @@ class Spool:
         """
         free = self.max_bytes - self._disk_bytes()
         live = sum(self._live_bytes)
-        capacity = self.max_bytes - live + sum(self._live_bytes[priority:])  # free space at best
+        protected = sum(  # handed out by replay and about to be acked: evicting them would count a loss
+            r.size for r in self._handed_out.values() if r.priority >= priority and self._live.get(r.seq) is r
+        )
+        capacity = self.max_bytes - live + sum(self._live_bytes[priority:]) - protected  # free space at best
         fit = total = 0
         for size in sizes:
             if total + size > capacity:
@@ -603,7 +612,7 @@ class Spool:
             if shortfall <= 0:
                 break
             for rec in self._live.values():
-                if rec.priority == p:
+                if rec.priority == p and rec.seq not in self._handed_out:
                     victims.append(rec)
                     shortfall -= rec.size
                     if shortfall <= 0:
