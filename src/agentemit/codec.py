@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -221,15 +222,15 @@ def _surrogate(text: str) -> str:
 # orjson reads an integer literal beyond 64 bits as a float, silently. Such a literal has at least 20
 # digits (19 after a minus sign); this table turns digits into "0", "-" into itself and every other
 # byte into a space, so two substring searches find every candidate (and, rarely, harmless others).
-_DIGITS_ONLY: Final = bytes(48 if 48 <= b <= 57 else 45 if b == 45 else 32 for b in range(256))
-_WIDE_POSITIVE: Final = b"0" * 20
-_WIDE_NEGATIVE: Final = b"-" + b"0" * 19
+# A JSON number of 20+ digits (beyond 64 bits: orjson would read it as a float) in number position,
+# i.e. after ``:``, ``,`` or ``[``. Digits inside strings (hex ids, timestamps in text) do not match
+# unless a string itself holds such a pattern, which only costs an exact (slower) re-parse.
+_WIDE_INT: Final = re.compile(rb"[:,\[]\s*(?:-?[0-9]{20,}|-[0-9]{19})")  # also below int64's minimum
 
 
 def _may_hold_wide_int(data: bytes | str) -> bool:
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    digits = raw.translate(_DIGITS_ONLY)
-    return _WIDE_POSITIVE in digits or _WIDE_NEGATIVE in digits
+    return _WIDE_INT.search(raw) is not None
 
 
 def _loads_exact(data: bytes | str) -> Any:
