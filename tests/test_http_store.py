@@ -7,18 +7,19 @@ import dataclasses
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentemit import codec, semconv
-from agentemit.server.app import create_app
 from agentemit.server.runner import ServerThread
 from agentemit.span import Span
-from agentemit.stores import InMemoryStore, SqliteStore, StoreClosedError, open_store
+from agentemit.stores import StoreClosedError, open_store
 from agentemit.stores.base import SpanStore
 from agentemit.stores.http import HttpStore, HttpStoreError, HttpStoreRejected
+
+pytest_plugins = ["_server_fixtures"]  # backend, serve_app
+Serve = Callable[..., ServerThread]  # what the serve_app fixture returns
 
 TOKEN = "tkn"
 
@@ -64,30 +65,6 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SpanStore]:
-    made: SpanStore = InMemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "spans.db")
-    yield made
-    made.close()
-
-
-Serve = Callable[..., ServerThread]
-
-
-@pytest.fixture
-def serve_app(backend: SpanStore) -> Iterator[Serve]:
-    started: list[ServerThread] = []
-
-    def start(**options: Any) -> ServerThread:
-        server = ServerThread(create_app(backend, **options)).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import gzip
 import logging
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,9 +25,11 @@ from agentemit.server.app import create_app
 from agentemit.server.runner import ServerThread, is_loopback, serve
 from agentemit.server.security import AUDIT_LOGGER, RateLimiter
 from agentemit.span import AttributeValue, Span, SpanEvent
-from agentemit.stores import InMemoryStore, SqliteStore
 from agentemit.stores.base import SpanStore
 from agentemit.stores.http import HttpStore
+
+pytest_plugins = ["_server_fixtures"]  # backend, serve_app
+Serve = Callable[..., ServerThread]  # what the serve_app fixture returns
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -84,29 +85,10 @@ def rich_span() -> Span:
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SpanStore]:
-    made: SpanStore = InMemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "spans.db")
-    yield made
-    made.close()
-
-
-Serve = Callable[..., ServerThread]
-
-
 @pytest.fixture
-def serve_app(store: SpanStore) -> Iterator[Serve]:
-    """Start the app over ``store`` with the given create_app options; every server is stopped after the test."""
-    started: list[ServerThread] = []
-
-    def start(**options: Any) -> ServerThread:
-        server = ServerThread(create_app(store, **options)).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+def store(backend: SpanStore) -> SpanStore:
+    """The server-side store (the shared ``backend`` fixture), by the name these tests use."""
+    return backend
 
 
 @pytest.fixture
