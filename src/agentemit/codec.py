@@ -220,16 +220,23 @@ def _surrogate(text: str) -> str:
 # --- decoding -----------------------------------------------------------------------------------
 
 # orjson reads an integer literal beyond 64 bits as a float, silently. Such a literal has at least 20
-# digits (19 after a minus sign); this table turns digits into "0", "-" into itself and every other
-# byte into a space, so two substring searches find every candidate (and, rarely, harmless others).
-# A JSON number of 20+ digits (beyond 64 bits: orjson would read it as a float) in number position,
-# i.e. after ``:``, ``,`` or ``[``. Digits inside strings (hex ids, timestamps in text) do not match
-# unless a string itself holds such a pattern, which only costs an exact (slower) re-parse.
+# digits (19 after a minus sign) in number position: after ``:``, ``,`` or ``[`` and optional
+# whitespace. A regex over the whole document is slow (every 19-digit timestamp is a near miss it
+# backtracks over), so a byte table first maps those three to ":", digits to "0", "-" to itself and
+# everything else to a space, deleting whitespace; two substring searches then rule out nearly every
+# document. Only a candidate (which may sit inside a string: that costs an exact re-parse, never a
+# wrong answer) gets the exact regex.
+_SHAPES: Final = bytes(58 if b in b":,[" else 48 if 48 <= b <= 57 else 45 if b == 45 else 32 for b in range(256))
+_JSON_WHITESPACE: Final = b" \t\r\n"
+_WIDE_CANDIDATES: Final = (b":" + b"0" * 20, b":-" + b"0" * 19)
 _WIDE_INT: Final = re.compile(rb"[:,\[]\s*(?:-?[0-9]{20,}|-[0-9]{19})")  # also below int64's minimum
 
 
 def _may_hold_wide_int(data: bytes | str) -> bool:
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    shapes = raw.translate(_SHAPES, _JSON_WHITESPACE)
+    if not any(candidate in shapes for candidate in _WIDE_CANDIDATES):
+        return False
     return _WIDE_INT.search(raw) is not None
 
 
@@ -282,7 +289,7 @@ def decode_batch(data: bytes) -> list[Span]:
     expected = obj.get("checksum")
     if not isinstance(expected, str):
         raise CodecError(f"$.checksum: {_missing_or_kind(obj, 'checksum')}; expected the sha256 of the spans")
-    if checksum(dumps(spans_obj)) != expected:
+    if not _checksum_matches(data, spans_obj, expected):
         raise CodecError("$.checksum: batch checksum does not match its spans (damaged in transit or on disk)")
     count = obj.get("count")
     if type(count) is not int:
@@ -292,6 +299,19 @@ def decode_batch(data: bytes) -> list[Span]:
     if _may_hold_wide_int(data):
         spans_obj = _loads_exact(data)["spans"]  # so an int beyond 64 bits is refused by name
     return [span_from_obj(item, f"$.spans[{i}]") for i, item in enumerate(spans_obj)]
+
+
+_SPANS_KEY: Final = b',"spans":'
+
+
+def _checksum_matches(data: bytes, spans_obj: list[Any], expected: str) -> bool:
+    """Does the spans array hash to ``expected``? :func:`encode_batch` writes the array last, so its
+    exact bytes are the tail of ``data`` and are hashed as received; a document laid out otherwise
+    (another writer, whitespace) has its parsed array re-encoded compactly and hashed instead."""
+    start = data.find(_SPANS_KEY)
+    if start >= 0 and data.endswith(b"}") and checksum(data[start + len(_SPANS_KEY) : -1]) == expected:
+        return True
+    return checksum(dumps(spans_obj)) == expected
 
 
 def _missing_or_kind(obj: Mapping[str, Any], key: str) -> str:

@@ -122,6 +122,10 @@ class Span:
             Each message starts with the culprit's path: ``start_time``, ``attributes['x']``,
             ``events[0].timestamp``, ``resource['']``.
         """
+        if type(data) is dict:
+            span = _plain_span(cls, data)
+            if span is not None:
+                return span
         if not isinstance(data, Mapping):
             raise TypeError(f"span record: expected an object, got {_kind(data)}")
         status = data.get("status", "UNSET")
@@ -298,6 +302,8 @@ def decode_attributes(data: Any, where: str = "attributes", *, empty_keys: bool 
     ``where`` starts every error message (e.g. ``resource``); ``empty_keys=False`` refuses ``""`` as
     a key. Raises ``TypeError`` / ``ValueError`` as :meth:`Span.from_dict` does.
     """
+    if type(data) is dict and _plain_attributes(data, empty_keys):
+        return dict(data)
     if not isinstance(data, Mapping):
         raise TypeError(f"{where}: expected an object, got {_kind(data)}")
     out: Attributes = {}
@@ -311,6 +317,75 @@ def decode_attributes(data: Any, where: str = "attributes", *, empty_keys: bool 
         else:
             out[key] = _decode_scalar(value, f"{where}[{key!r}]")
     return out
+
+
+def _plain_span(cls: type[Span], data: dict[str, Any]) -> Span | None:
+    """:meth:`Span.from_dict` for the usual record, checked with exact type tests and no error paths;
+    None sends anything unusual (a missing field, a wrong type, a list attribute) to the checked path,
+    which accepts or refuses it by name. Decoding every span a server or a spool replay reads goes
+    through here, so it is kept flat."""
+    try:
+        trace_id, span_id, name = data["trace_id"], data["span_id"], data["name"]
+        rollout_id, attempt_id = data["rollout_id"], data["attempt_id"]
+        start_time, end_time, sequence_id = data["start_time"], data["end_time"], data["sequence_id"]
+    except KeyError:
+        return None
+    parent_id, description = data.get("parent_id"), data.get("status_description")
+    status, events = data.get("status", "UNSET"), data.get("events", [])
+    attributes, resource = data.get("attributes", {}), data.get("resource", {})
+    if not (
+        type(trace_id) is str
+        and type(span_id) is str
+        and type(name) is str
+        and type(rollout_id) is str
+        and type(attempt_id) is str
+        and (parent_id is None or type(parent_id) is str)
+        and (description is None or type(description) is str)
+        and type(start_time) is int
+        and type(end_time) is int
+        and type(sequence_id) is int
+        and INT64_MIN <= start_time <= INT64_MAX
+        and INT64_MIN <= end_time <= INT64_MAX
+        and INT64_MIN <= sequence_id <= INT64_MAX
+        and status in STATUS_NAMES
+        and type(events) is list
+        and type(attributes) is dict
+        and type(resource) is dict
+        and _plain_attributes(attributes, True)
+        and _plain_attributes(resource, False)
+    ):
+        return None
+    return cls(
+        trace_id,
+        span_id,
+        parent_id,
+        name,
+        start_time,
+        end_time,
+        rollout_id,
+        attempt_id,
+        sequence_id,
+        dict(attributes),
+        status,
+        description,
+        _decode_events(events) if events else [],
+        dict(resource),
+    )
+
+
+def _plain_attributes(data: dict[Any, Any], empty_keys: bool) -> bool:
+    """True when every key is a str and every value a str, float, bool or int64: the usual case,
+    decoded as a plain copy. Anything else takes the checked path, which names the culprit (building
+    those error paths for every value cost more than the rest of decoding)."""
+    for key, value in data.items():
+        if type(key) is not str:
+            return False
+        cls = type(value)
+        if cls is str or cls is float or cls is bool:
+            continue
+        if cls is not int or not INT64_MIN <= value <= INT64_MAX:
+            return False
+    return empty_keys or "" not in data
 
 
 def _decode_scalar(value: Any, where: str) -> AttributeScalar:

@@ -30,6 +30,8 @@ class SpanLike(Protocol):
 
 S = TypeVar("S", bound=SpanLike)
 
+_PRIMARY_VALUE_KEY = semconv.reward_value_key(0)  # read for every stored span: formatted once
+
 
 def _attrs(span: SpanLike) -> Mapping[str, Any]:
     return span.attributes or {}
@@ -94,7 +96,7 @@ def get_reward_value(span: SpanLike) -> float | None:
         number = _as_reward_number(attrs.get(semconv.REWARD_LEGACY))
         if number is not None:
             return number
-    number = _as_reward_number(attrs.get(semconv.reward_value_key(0)))
+    number = _as_reward_number(attrs.get(_PRIMARY_VALUE_KEY))
     if number is not None:
         return number
     return _agentops_reward(attrs)
