@@ -716,6 +716,12 @@ def test_a_raising_reward_function_emits_the_exception_and_re_raises_it(is_async
     assert [s.name for s in spans] == ["agentlightning.exception"]
     assert spans[0].attributes["exception.type"] == "ZeroDivisionError"
     assert spans[0].attributes["exception.message"] == "no samples"
+    assert spans[0].attributes["exception.escaped"] is True  # it left the reward function
+
+
+def test_emit_exception_records_escaped_when_asked() -> None:
+    spans = emitted(lambda: emit_exception(KeyError("k"), escaped=True))
+    assert spans[0].attributes["exception.escaped"] is True
 
 
 def test_a_reward_function_hidden_under_another_decorator_is_awaited_before_emitting() -> None:

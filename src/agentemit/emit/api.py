@@ -170,8 +170,13 @@ def _exception_message(exception: BaseException) -> str:
         return f"<{type(exception).__name__} str() failed>"
 
 
-def emit_exception(exception: BaseException, *, attributes: Mapping[str, Any] | None = None) -> None:
+def emit_exception(
+    exception: BaseException, *, attributes: Mapping[str, Any] | None = None, escaped: bool = False
+) -> None:
     """Record an exception (type, message, full stack trace with causes) as ``agentlightning.exception``.
+
+    ``escaped=True`` says the exception is leaving the scope that recorded it (OpenTelemetry's
+    ``exception.escaped``), as when ``@reward`` records and re-raises it.
 
     Raises:
         TypeError: ``exception`` is not an exception instance.
@@ -182,7 +187,7 @@ def emit_exception(exception: BaseException, *, attributes: Mapping[str, Any] | 
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("exception")
-    attrs = exception_attributes(exception)
+    attrs = exception_attributes(exception, escaped is True)
     if attributes:
         attrs = _merge_attributes(attrs, attributes)
     ctx.emit("exception", semconv.SPAN_EXCEPTION, attrs, _STACKTRACE_SIZE)

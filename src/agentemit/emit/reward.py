@@ -23,7 +23,7 @@ async def _emit_when_done(awaitable: Awaitable[Any]) -> Any:
     try:
         result = await awaitable
     except Exception as exc:
-        emit_exception(exc)
+        emit_exception(exc, escaped=True)
         raise
     _emit_result(result)
     return result
@@ -33,7 +33,8 @@ def reward(fn: Callable[P, R]) -> Callable[P, R]:
     """Decorate a sync or async reward function.
 
     The return value (a number or a mapping of dimensions with one entry) is emitted as a reward;
-    ``None`` emits nothing. If the function raises, the exception is emitted and re-raised. A result
+    ``None`` emits nothing. If the function raises, the exception is emitted (``exception.escaped``
+    true) and re-raised. A result
     that is not a valid reward raises ``TypeError``/``ValueError`` as :func:`emit_reward` does.
     A plain function that returns an awaitable (an async function under another decorator) gets an
     awaitable back, and the reward is emitted when it is awaited.
@@ -46,7 +47,7 @@ def reward(fn: Callable[P, R]) -> Callable[P, R]:
             try:
                 result = await async_fn(*args, **kwargs)
             except Exception as exc:
-                emit_exception(exc)
+                emit_exception(exc, escaped=True)
                 raise
             _emit_result(result)
             return result
@@ -58,7 +59,7 @@ def reward(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            emit_exception(exc)
+            emit_exception(exc, escaped=True)
             raise
         if inspect.isawaitable(result):
             return cast(R, _emit_when_done(result))
