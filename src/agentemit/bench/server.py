@@ -126,9 +126,32 @@ def run(options: Options) -> Section:
                             outcome["lost"] = float(options.server_spans - count(tag))
                             runs.append(outcome)
                         results.append({"backend": label, "clients": clients, "runs": runs})
+                results.append({"backend": label, "clients": 0, "runs": _store_alone(options, store_url, count)})
             finally:
                 cleanup()
     return _section(options, results)
+
+
+def _store_alone(options: Options, store_url: str, count: Callable[[str], int]) -> list[dict[str, float]]:
+    """The baseline: the same batches written by ``add_many_spans`` in this process, with no HTTP,
+    no server and no decoding; what the store itself sustains on this machine right now."""
+    from agentemit.stores import open_store
+
+    runs = []
+    for repeat in range(options.repeats):
+        tag = f"direct{repeat}{uuid.uuid4().hex[:6]}"
+        spans = workload.make_spans(options.server_spans, tag, per_rollout=options.server_batch)
+        step = options.server_batch
+        store = open_store(store_url)
+        try:
+            started, cpu = time.perf_counter(), time.process_time()
+            for i in range(0, len(spans), step):
+                store.add_many_spans(spans[i : i + step])
+            seconds, client_cpu = time.perf_counter() - started, time.process_time() - cpu
+        finally:
+            store.close()
+        runs.append({"seconds": seconds, "client_cpu": client_cpu, "lost": float(len(spans) - count(tag))})
+    return runs
 
 
 def _section(options: Options, results: list[dict[str, Any]]) -> Section:
@@ -137,9 +160,10 @@ def _section(options: Options, results: list[dict[str, Any]]) -> Section:
         "server",
         f"server: {n:,} spans per run POSTed by HttpStore (zstd) in batches of {options.server_batch:,} to "
         f"agentemit.server (uvicorn, one process) on 127.0.0.1; median of {options.repeats} runs",
-        ["store behind the server", "clients", "spans/s", "client CPU us/span", "seconds", "lost"],
+        ["store behind the server", "clients", "spans/s", "client CPU us/span", "seconds", "lost", "of store alone"],
     )
     best: dict[str, float] = {}
+    alone = {r["backend"]: median([n / run["seconds"] for run in r["runs"]]) for r in results if r["clients"] == 0}
     lost_by: dict[str, int] = {}
     for result in results:
         runs = result["runs"]
@@ -147,16 +171,19 @@ def _section(options: Options, results: list[dict[str, Any]]) -> Section:
         cpu = median([r["client_cpu"] / n * 1e6 for r in runs])
         lost = sum(int(r["lost"]) for r in runs)
         backend = result["backend"]
-        best[backend] = max(best.get(backend, 0.0), rate)
-        lost_by[backend] = lost_by.get(backend, 0) + lost
+        baseline = result["clients"] == 0
+        if not baseline:
+            best[backend] = max(best.get(backend, 0.0), rate)
+            lost_by[backend] = lost_by.get(backend, 0) + lost
         section.add_row(
             [
-                backend,
-                str(result["clients"]),
+                f"  baseline: {backend} store alone, in-process" if baseline else backend,
+                "-" if baseline else str(result["clients"]),
                 fmt_int(rate),
                 fmt_num(cpu, 2),
                 fmt_num(median([r["seconds"] for r in runs]), 2),
                 fmt_int(lost),
+                "" if baseline or backend not in alone else f"{rate / alone[backend]:.0%}",
             ],
             backend=backend,
             clients=result["clients"],
@@ -176,6 +203,10 @@ def _section(options: Options, results: list[dict[str, Any]]) -> Section:
     if not options.pg_dsn:
         section.notes.append("PostgreSQL not measured: set AGENTEMIT_PG_DSN to include it")
     section.notes.append("client CPU is the benchmark process's CPU time (encode, compress, HTTP) per span posted")
+    section.notes.append(
+        "baseline: the same batches written by add_many_spans in the benchmark process (no HTTP, no decoding), "
+        "measured after the server runs; 'of store alone' is the server's rate as a share of it"
+    )
     return section
 
 
