@@ -136,6 +136,11 @@ def bounded_repr(value: Any) -> str:
 
 def object_attributes(obj: Any) -> dict[str, AttributeValue]:
     """Attributes of an object event: type, then a literal, JSON, or (marked) bounded repr."""
+    cls = type(obj)
+    if cls in _NATIVE_CONTAINERS:  # the usual payload (a dict, list or tuple): straight to orjson
+        text = _native_json(obj)
+        if text is not None and len(text) <= MAX_JSON_BYTES:
+            return {semconv.OBJECT_TYPE: cls.__qualname__, semconv.OBJECT_JSON: text}
     attrs: dict[str, AttributeValue] = {semconv.OBJECT_TYPE: _type_name(obj)}
     if obj is None:
         attrs[semconv.OBJECT_JSON] = "null"

@@ -12,6 +12,9 @@ from agentemit.emit.api import emit_exception, emit_reward
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# What reward functions return; inspect.isawaitable costs ~0.6 us (an ABC check), a third of the call.
+_NEVER_AWAITABLE = frozenset((float, int, bool, dict, type(None)))
+
 
 def _emit_result(result: Any) -> None:
     if result is not None:
@@ -61,7 +64,7 @@ def reward(fn: Callable[P, R]) -> Callable[P, R]:
         except Exception as exc:
             emit_exception(exc, escaped=True)
             raise
-        if inspect.isawaitable(result):
+        if type(result) not in _NEVER_AWAITABLE and inspect.isawaitable(result):
             return cast(R, _emit_when_done(result))
         _emit_result(result)
         return result
