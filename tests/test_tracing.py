@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -78,9 +79,15 @@ def test_init_worker_records_the_worker_and_stamps_it_on_stored_spans(
         assert tracer.worker_id == 3
         with tracer.trace_context(rollout_id="r-worker"):
             emit_message("from worker 3")
-        (message,) = [s for s in stored(tracer, "r-worker") if s.name == semconv.SPAN_MESSAGE]
-        # Emitted events carry the tracer's resource; OpenTelemetry spans (the root) keep the SDK provider's.
-        assert message.resource["agentemit.worker_id"] == "3"
+            with otel_trace.get_tracer("third.party").start_as_current_span("http.request"):
+                pass
+        spans = {s.name: s for s in stored(tracer, "r-worker")}
+        assert spans[semconv.SPAN_MESSAGE].resource["agentemit.worker_id"] == "3"
+        # OpenTelemetry spans (the root, third-party ones) keep the SDK provider's resource, with the
+        # worker and process filled in, so every span says where it ran.
+        for name in ("http.request", semconv.SPAN_ROLLOUT):
+            assert spans[name].resource["agentemit.worker_id"] == "3"
+            assert spans[name].resource["process.pid"] == os.getpid()
     finally:
         tracer.teardown_worker()
         store.close()

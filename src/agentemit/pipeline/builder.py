@@ -13,6 +13,8 @@ def build_span(record: RawRecord, resource: Attributes) -> Span:
     if kind == "otel":
         span = Span.from_readable_span(record[11], rollout_id=record[9], attempt_id=record[10], sequence_id=record[8])
         _stamp_identity(span.attributes, span)
+        for key, value in resource.items():  # the SDK provider's resource wins; ours fills in the worker and pid
+            span.resource.setdefault(key, value)
         return span
     # Emitted attributes are already normalized (flatten_attributes makes tuples), and the record
     # owns its dict, so it becomes the span's attributes without a copy.
