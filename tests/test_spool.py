@@ -345,7 +345,7 @@ def test_entries_handed_out_survive_a_compaction_and_can_still_be_acked(tmp_path
 def test_a_record_larger_than_the_cap_is_refused_and_the_rest_of_the_call_with_it(tmp_path: Path) -> None:
     with Spool(tmp_path, max_bytes=3 * RECORD) as spool:
         result = spool.append([b"a".ljust(SIZE), b"b" * (3 * RECORD), b"c".ljust(SIZE)], priority=0)
-        assert result == AppendResult(stored=1, refused=2)
+        assert result == AppendResult(stored=1, refused=2, too_large=True)
         assert [e.payload for e in spool.replay()] == [b"a".ljust(SIZE)]
 
 

@@ -35,7 +35,9 @@ class FailoverSink:
     answer benches a sink for ``cooldown`` seconds; a non-retryable failure moves this batch on to the
     next sink but does not bench (it says the batch was refused, not that the endpoint is unhealthy).
     If every sink fails, the result is the last failure, with the errors of all attempts, and it is
-    retryable if any attempt's failure was (another sink may take the batch later).
+    retryable if any attempt's failure was (another sink may take the batch later), unless a sink
+    refused it as too large: then it is ``too_large``, so the pipeline splits it now and the parts
+    that fit are delivered, instead of spooling the whole batch to wait for the other sinks.
 
     Args:
         sinks: in priority order; at least one.
@@ -146,4 +148,7 @@ def _combine(failures: list[tuple[int, ExportResult]]) -> ExportResult:
     retryable = [r for _, r in failures if r.retryable]
     waits = [r.retry_after for r in retryable if r.retry_after is not None]
     error = f"all {len(failures)} sinks failed: " + "; ".join(f"[{i}] {r.error}" for i, r in failures)
-    return ExportResult.failure(error, retryable=bool(retryable), retry_after=min(waits) if waits else None)
+    too_large = any(r.too_large for _, r in failures)
+    return ExportResult.failure(
+        error, retryable=bool(retryable), retry_after=min(waits) if waits else None, too_large=too_large
+    )

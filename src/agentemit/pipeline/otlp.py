@@ -220,7 +220,7 @@ def _result_for(response: httpx.Response, count: int, where: str) -> ExportResul
     error = f"{where}: HTTP {status}{_body_snippet(response)}"
     if status in RETRYABLE_STATUSES:
         return ExportResult.failure(error, retry_after=parse_retry_after(response.headers.get("retry-after")))
-    return ExportResult.failure(error, retryable=False)
+    return ExportResult.failure(error, retryable=False, too_large=status == 413)
 
 
 def _partial_success(response: httpx.Response) -> tuple[int, str]:
@@ -244,7 +244,8 @@ class OtlpHttpSink:
     """POSTs each batch as OTLP/HTTP protobuf to ``endpoint`` (e.g. ``http://host:4318/v1/traces``).
 
     Never raises. 2xx is success; 429/502/503/504, connection errors and timeouts are retryable
-    failures (with the server's Retry-After); any other status is a failure not worth retrying.
+    failures (with the server's Retry-After); any other status is a failure not worth retrying
+    (413 is marked ``too_large``, so the pipeline splits the batch).
     ``last_response_time`` holds the seconds the last export took (``None`` before the first), so a
     failover wrapper or an operator can spot a slow endpoint. A ``client`` passed in is shared and
     left open at shutdown; otherwise the sink owns a keep-alive pooled client.

@@ -10,6 +10,11 @@ Data flow (see docs/ARCHITECTURE.md)::
 Accounting (exact at quiescence)::
 
     emitted + recovered == exported + pending + in_spool + sum(dropped)
+
+An event too large to ever be held or delivered is dropped alone and counted ``oversize``: at emit, one
+whose estimated size exceeds the bulk lanes' byte budget (``memory_threshold`` * 0.9 * 0.8, one int
+comparison); a batch the spool cannot store, or a sink refuses as too large, is split until the
+offending event stands alone, so the rest of the batch is still spooled or delivered.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 
@@ -51,6 +56,7 @@ Stage = Callable[[Span], "Span | None"]
 _SPILL_CHUNK = 2000
 _REPLAY_CHUNK = 16
 _HIGH = HIGH_PRIORITY_KINDS
+_Item = TypeVar("_Item", RawRecord, Span)  # what a spool record holds: raw records or built spans
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,8 @@ class Pipeline:
         self._spill_capacity = max(_SPILL_CHUNK * 4, self.lanes.low_capacity)
         self._spill_bytes = 0  # estimated, like Lanes.queued_bytes
         self._spill_budget = max(_SPILL_CHUNK * 1024, int(self.config.memory_threshold * (1.0 - QUEUE_SHARE)))
+        self._max_event_bytes = self.lanes.low_budget  # a bigger event could never be held: oversize
+        self._last_oversize: tuple[str, int] | None = None  # (kind, size) of the latest refused at emit
         self._wake = threading.Event()
         self._spill_wake = threading.Event()
         self._room = threading.Event()
@@ -153,15 +161,25 @@ class Pipeline:
         kind = record[0]
         if self._admission_needed and not self._admit(kind):
             return
+        size = record[12]
+        if size > self._max_event_bytes:  # could never be held: the one check this path adds
+            self._refuse_oversize(record)
+            return
         high = kind in _HIGH or kind in _HIGH_EVENTS
         lane = self._high if high else self._low
-        if self.lanes.has_room(high):
+        lanes = self.lanes
+        if lanes.has_room(high):
             lane.append(record)
-            self.lanes.queued_bytes += record[12]
+            lanes.queued_bytes += size
             if len(lane) == self._batch_size:
                 self._wake.set()
             return
         self._overflow(record, lane, high)
+
+    def _refuse_oversize(self, record: RawRecord) -> None:
+        """Count an event bigger than the queue's byte budget; the worker logs it (no I/O here)."""
+        self._last_oversize = (record[0], record[12])
+        self.stats.hot_drop(DropReason.OVERSIZE)
 
     def _admit(self, kind: str) -> bool:
         if self._closed:
@@ -321,8 +339,20 @@ class Pipeline:
                 self._process(records)
             if not len(self.lanes):
                 self._replay(flush_all)
+            self._log_hot_drops()
         self._notify_idle()
         return taken_total
+
+    def _log_hot_drops(self) -> None:
+        """Log what the emitting threads refused since the last pass (they must not do the I/O)."""
+        details: dict[str, str] = {}
+        last = self._last_oversize
+        if last is not None:
+            details[DropReason.OVERSIZE.value] = (
+                f"{last[0]} event of about {last[1]:,} bytes, more than the queue's "
+                f"{self._max_event_bytes:,}-byte share of memory_threshold"
+            )
+        self.stats.log_hot_drops(details)
 
     def _process(self, records: list[RawRecord]) -> None:
         with self._count_lock:
@@ -362,11 +392,33 @@ class Pipeline:
         return spans
 
     def _deliver(self, spans: list[Span], *, replaying: bool = False) -> int | None:
-        """Export one batch; returns how many spans the sink took (refused ones are counted invalid).
+        """Export one batch; returns how many spans the sink took.
 
-        None means a retryable failure: unless replaying, the batch (or the failed part of it) went
-        to the spool. Callers count what was taken as exported.
+        A batch the sink refuses for good is split until each refused span stands alone; those are
+        counted ``oversize`` (refused for their size) or ``invalid``. None means a retryable failure:
+        unless replaying, the batch (or the failed part of it) went to the spool. A replay that
+        returns None leaves its spool record to be replayed whole, so its refusals are counted then,
+        once, not now. Callers count what was taken as exported.
         """
+        refused: list[tuple[Span, ExportResult]] = []
+        taken = self._export_split(spans, replaying, refused)
+        if taken is not None or not replaying:
+            for span, result in refused:
+                self._count_refused(span, result)
+        return taken
+
+    def _count_refused(self, span: Span, result: ExportResult) -> None:
+        if result.too_large:
+            self.stats.drop(
+                DropReason.OVERSIZE,
+                detail=f"{_describe(span)} ({_encoded_size(span)} encoded), refused alone by the sink: {result.error}",
+            )
+            return
+        self.stats.drop(DropReason.INVALID)
+        logger.warning("agentemit: sink refused span %s (%s): %s", span.span_id, span.name, result.error)
+
+    def _export_split(self, spans: list[Span], replaying: bool, refused: list[tuple[Span, ExportResult]]) -> int | None:
+        """:meth:`_deliver` without the counting of refusals, which it collects in ``refused``."""
         if not spans:
             return 0
         if not self._sink_healthy and not replaying and self.clock() < self._next_probe:
@@ -385,16 +437,15 @@ class Pipeline:
             return len(spans)
         self.stats.add("export_failed")
         if not result.retryable:
-            if len(spans) > 1:  # isolate the bad span(s): a malformed span never poisons a batch
+            if len(spans) > 1:  # isolate the bad or oversize span(s): one never poisons a batch
                 middle = len(spans) // 2
-                left = self._deliver(spans[:middle], replaying=replaying)
-                right = self._deliver(spans[middle:], replaying=replaying)
+                left = self._export_split(spans[:middle], replaying, refused)
+                right = self._export_split(spans[middle:], replaying, refused)
                 if replaying and (left is None or right is None):
                     return None  # the record stays in the spool; what was taken is counted on its re-replay
                 return (left or 0) + (right or 0)
-            self.stats.drop(DropReason.INVALID)
-            logger.warning("agentemit: sink refused span %s (%s): %s", spans[0].span_id, spans[0].name, result.error)
-            return 0  # refused for good: counted, nothing to retry
+            refused.append((spans[0], result))
+            return 0  # refused for good: counted by _deliver, nothing to retry
         self._sink_healthy = False
         self._next_probe = self.clock() + min(self.config.retry_max_delay, self.config.flush_interval)
         if not replaying:
@@ -453,13 +504,40 @@ class Pipeline:
     def _spool_built(self, spans: list[Span]) -> None:
         high = any(s.name in _HIGH_NAMES for s in spans)
         try:
-            payload = spill_format.encode_built(spans, self._owner)
+            payload = self._encode_built(spans)
         except Exception:  # one unencodable span must not cost the batch: keep the rest, count it
             spans = [s for s in spans if self._encodable(s)]
             if not spans:
                 return
-            payload = spill_format.encode_built(spans, self._owner)
-        self._append_spool(payload, len(spans), 0 if high else 1)
+            payload = self._encode_built(spans)
+        self._store_in_spool(spans, self._encode_built, 0 if high else 1, payload)
+
+    def _encode_built(self, spans: Sequence[Span]) -> bytes:
+        return spill_format.encode_built(spans, self._owner)
+
+    def _encode_raw(self, records: Sequence[RawRecord]) -> bytes:
+        return spill_format.encode_raw(records, self._owner, self.resource)
+
+    def _store_in_spool(
+        self, items: Sequence[_Item], encode: Callable[[Sequence[_Item]], bytes], priority: int, payload: bytes
+    ) -> None:
+        """Append ``items`` (encoded as ``payload``) as one spool record, counting the outcome.
+
+        A record too large for the spool is split in halves, re-encoded, until the offending event
+        stands alone: it is dropped as ``oversize`` and the rest are stored.
+        """
+        if self._append_spool(payload, len(items), priority):
+            return
+        if len(items) > 1:
+            middle = len(items) // 2
+            for part in (items[:middle], items[middle:]):
+                self._store_in_spool(part, encode, priority, encode(part))
+            return
+        self.stats.drop(
+            DropReason.OVERSIZE,
+            detail=f"{_describe(items[0])} ({len(payload):,} bytes encoded), more than the spool can hold "
+            f"(spool_max_bytes={self.config.spool_max_bytes:,})",
+        )
 
     def _encodable(self, span: Span) -> bool:
         try:
@@ -470,19 +548,24 @@ class Pipeline:
             return False
         return True
 
-    def _append_spool(self, payload: bytes, count: int, priority: int) -> None:
+    def _append_spool(self, payload: bytes, count: int, priority: int) -> bool:
+        """Store one payload of ``count`` events and count the outcome; False (nothing counted) when
+        the payload is too large for the spool to ever hold."""
         try:
             result = self.spool().append([payload], priority=priority)
         except Exception as exc:
             self.stats.drop(DropReason.SPOOL_FULL, count)
             logger.error("agentemit: spool write failed (%s); %d event(s) lost", exc, count)
-            return
-        if getattr(result, "refused", 0):
+            return True
+        if result.too_large:
+            return False
+        if result.refused:
             self.stats.drop(DropReason.SPOOL_FULL, count)
-            return
+            return True
         self.stats.add("spilled", count)
         with self._count_lock:
             self._in_spool += count
+        return True
 
     def _on_evicted(self, entry: SpoolEntry) -> None:
         header = spill_format.read_header(entry.payload)
@@ -522,8 +605,7 @@ class Pipeline:
                     (1, [r for r in chunk if not _is_high(r[0])]),
                 ):
                     if part:
-                        payload = spill_format.encode_raw(part, self._owner, self.resource)
-                        self._append_spool(payload, len(part), priority)
+                        self._store_in_spool(part, self._encode_raw, priority, self._encode_raw(part))
             except Exception as exc:
                 self.stats.drop(DropReason.INVALID, len(chunk))
                 logger.error("agentemit: could not spill %d event(s): %s", len(chunk), exc)
@@ -698,7 +780,7 @@ class Pipeline:
             with self._count_lock:
                 self._taken += len(leftovers)
             try:
-                self._append_spool(spill_format.encode_raw(leftovers, self._owner, self.resource), len(leftovers), 0)
+                self._store_in_spool(leftovers, self._encode_raw, 0, self._encode_raw(leftovers))
             except Exception:
                 self.stats.drop(DropReason.SHUTDOWN, len(leftovers))
         try:
@@ -767,6 +849,20 @@ def _exporting() -> Iterator[None]:
     finally:
         otel_context.detach(otel_token)
         CURRENT.reset(rollout_token)
+
+
+def _describe(item: RawRecord | Span) -> str:
+    """Names an event in a loss message: its kind (raw record) or span name, and span id."""
+    if isinstance(item, Span):
+        return f"{item.name} span {item.span_id}"
+    return f"{item[0]} event"
+
+
+def _encoded_size(span: Span) -> str:
+    try:
+        return f"{len(encode_span(span)):,} bytes"
+    except Exception:  # it reached the sink, so it encodes; this is a loss message, never a crash
+        return "size unknown"
 
 
 def _is_high(kind: str) -> bool:

@@ -24,7 +24,10 @@ Three rules, in this order, per value:
    replaced by a JSON *string* holding the cut text, so readers that parse it still can; an object
    span also gets ``agentlightning.object.truncated = True``. A tuple longer than ``max_tuple_len``
    keeps its first ``max_tuple_len`` items and gains the marker attribute ``<key>.truncated = True``.
-   Secrets are masked before cutting, so a cut never leaves half a secret behind.
+   Secrets are masked before cutting, so a cut never leaves half a secret behind. A cut is not a
+   loss: the span is still delivered, marked, and counted under ``truncated`` in the stage's stats
+   (``stats()["redaction"]``), never under a drop reason. Events too large to hold or deliver at all
+   are the pipeline's ``oversize`` drops (see ``pipeline/stats.py``).
 
 Redaction is idempotent: redacting a redacted span changes nothing. A rule that raises (a user
 callback, or a bug) never loses the span: the one value becomes ``[REDACTED:error]``.

@@ -19,6 +19,8 @@ class ExportResult:
     """What one export attempt achieved.
 
     ``retryable`` is False for a batch the receiver refused as invalid: sending it again cannot help.
+    ``too_large`` (never retryable) says the receiver refused it for its size (HTTP 413): the pipeline
+    splits the batch, and a span refused alone is dropped as ``oversize`` rather than ``invalid``.
     ``retry_after`` carries a server's Retry-After (seconds) when it gave one.
     """
 
@@ -27,14 +29,18 @@ class ExportResult:
     retry_after: float | None = None
     error: str | None = None
     stored: int = 0  # spans newly stored (duplicates of already stored spans are not counted)
+    too_large: bool = False
 
     @classmethod
     def success(cls, stored: int = 0) -> ExportResult:
         return cls(ok=True, stored=stored)
 
     @classmethod
-    def failure(cls, error: str, *, retryable: bool = True, retry_after: float | None = None) -> ExportResult:
-        return cls(ok=False, retryable=retryable, retry_after=retry_after, error=error)
+    def failure(
+        cls, error: str, *, retryable: bool = True, retry_after: float | None = None, too_large: bool = False
+    ) -> ExportResult:
+        retryable = retryable and not too_large
+        return cls(ok=False, retryable=retryable, retry_after=retry_after, error=error, too_large=too_large)
 
 
 @runtime_checkable
@@ -63,7 +69,9 @@ class StoreSink:
         try:
             return ExportResult.success(self.store.add_many_spans(batch))
         except ValueError as exc:  # the store refused the batch as invalid: sending it again cannot help
-            return ExportResult.failure(f"{type(self.store).__name__}: {exc}", retryable=False)
+            return ExportResult.failure(
+                f"{type(self.store).__name__}: {exc}", retryable=False, too_large=getattr(exc, "too_large", False)
+            )
         except Exception as exc:  # a store failure is a result for the retry/spool layers, not a crash
             return ExportResult.failure(
                 f"{type(self.store).__name__}: {type(exc).__name__}: {exc}",

@@ -87,13 +87,16 @@ class AppendResult:
     """What one :meth:`Spool.append` did: the first ``stored`` payloads are on disk, the rest refused.
 
     ``evicted`` counts older, lower- or equal-priority records dropped to make room; ``error`` names
-    an I/O failure when one caused the refusal.
+    an I/O failure when one caused the refusal. ``too_large``: the first refused payload is bigger
+    (as stored, after compression) than this spool can ever hold, so no eviction could make room;
+    a caller may split what it encodes and try again.
     """
 
     stored: int
     refused: int = 0
     evicted: int = 0
     error: str | None = None
+    too_large: bool = False
 
     @property
     def ok(self) -> bool:
@@ -266,17 +269,21 @@ class Spool:
     def append(self, payloads: Sequence[bytes], priority: int = 1) -> AppendResult:
         """Store ``payloads`` in order, all with ``priority`` (0..3, 0 highest).
 
-        Returns what was stored; payloads past ``stored`` were refused (cap reached or I/O error).
+        Returns what was stored; payloads past ``stored`` were refused (cap reached or I/O error). A
+        payload that alone would not fit in ``max_bytes`` is refused without evicting anything
+        (``AppendResult.too_large``).
         Raises ``ValueError``/``TypeError`` only for a bad priority or a payload that is not bytes.
         """
         if not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITIES:
             raise ValueError(f"spool.append: priority {priority!r} is not in 0..{len(PRIORITIES) - 1}")
         stored: list[bytes] = []
+        too_large = False
         for i, payload in enumerate(payloads):
             if not isinstance(payload, (bytes, bytearray, memoryview)):
                 raise TypeError(f"spool.append: payload {i} is {type(payload).__name__}; expected bytes")
             data = compress(bytes(payload), self.compression)  # outside the lock: CPU, not shared state
-            if len(data) > _MAX_PAYLOAD:
+            if len(data) > min(_MAX_PAYLOAD, self.max_bytes - HEADER_SIZE):
+                too_large = True
                 break  # it and everything after it are refused, keeping order
             stored.append(data)
         flags = COMPRESSIONS.index(self.compression) | priority << 2
@@ -294,7 +301,7 @@ class Spool:
         if self._on_evict is not None:  # outside the lock, so the callback may use the spool
             for entry in lost:
                 self._on_evict(entry)
-        return AppendResult(written, refused, evicted, error or write_error)
+        return AppendResult(written, refused, evicted, error or write_error, too_large and written == len(stored))
 
     def replay(self, limit: int | None = None) -> list[SpoolEntry]:
         """The oldest unacknowledged records, up to ``limit``, in append order.

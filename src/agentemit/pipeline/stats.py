@@ -9,7 +9,13 @@ The invariant the tests pin, per pipeline and exact when it is quiet (see :func:
 process left behind. Emits with no active rollout never reach a pipeline: they are counted once per
 process as ``no_tracer`` (``agentemit.stats()``).
 Counters are bumped under one lock except on the hot path, where the only writes are
-``itertools.count`` increments (atomic in CPython) for the rare refusal reasons.
+``itertools.count`` increments (atomic in CPython) for the rare refusal reasons. The emitting thread
+never logs (logging is I/O and takes locks): the worker logs those drops for it (:meth:`log_hot_drops`).
+
+``oversize`` counts events too large to ever be held or delivered: one bigger than the queue's share
+of ``memory_threshold`` (refused at emit), than the spool can store, or than a sink accepts alone
+(e.g. the store server's 413). Each is dropped alone; the rest of its batch goes on. Values the
+redaction stage cuts to its size limits are not drops: the span is delivered, marked truncated.
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ class PipelineStats:
     hot_drops: dict[str, _AtomicCounter] = field(
         default_factory=lambda: {r.value: _AtomicCounter() for r in DropReason}
     )
+    hot_logged: dict[str, int] = field(default_factory=dict)  # hot drops already logged, per reason
     export_latency: _Latency = field(default_factory=_Latency)
     redaction: dict[str, int] = field(default_factory=dict)
 
@@ -92,17 +99,29 @@ class PipelineStats:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
-    def drop(self, reason: DropReason, n: int = 1) -> None:
-        """Count a drop from the worker or another non-hot-path place."""
+    def drop(self, reason: DropReason, n: int = 1, detail: str | None = None) -> None:
+        """Count a drop from the worker or another non-hot-path place; ``detail`` names what was lost."""
         if n <= 0:
             return
         with self._lock:
             self.drops[reason.value] = self.drops.get(reason.value, 0) + n
-        _loss_logger.log(reason, n)
+        _loss_logger.log(reason, n, detail)
 
     def hot_drop(self, reason: DropReason) -> None:
-        """Count one drop on the emitting thread: lock-free."""
+        """Count one drop on the emitting thread: lock-free, and logged later by :meth:`log_hot_drops`."""
         self.hot_drops[reason.value].incr()
+
+    def log_hot_drops(self, details: Mapping[str, str] | None = None) -> None:
+        """Log (rate-limited) the hot-path drops counted since the last call, with ``details`` by reason.
+
+        Called by the worker (one caller at a time), so the emitting thread never does the I/O.
+        """
+        for reason, counter in self.hot_drops.items():
+            value = counter.value
+            new = value - self.hot_logged.get(reason, 0)
+            if new > 0:
+                self.hot_logged[reason] = value
+                _loss_logger.log(DropReason(reason), new, (details or {}).get(reason))
 
     def drop_counts(self) -> dict[str, int]:
         with self._lock:
@@ -148,7 +167,11 @@ def unaccounted(snapshot: Mapping[str, Any]) -> int:
 
 
 class RateLimitedLogger:
-    """Logs losses at most once per ``interval`` per reason, with the count since the last line."""
+    """Logs losses at most once per ``interval`` per reason, with the count since the last line.
+
+    A loss may carry a ``detail`` (what was lost and why, e.g. an oversize event's kind and size); a
+    line quotes the latest detail of its reason since the previous line.
+    """
 
     def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
@@ -156,19 +179,28 @@ class RateLimitedLogger:
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._pending: dict[str, int] = {}
+        self._details: dict[str, str] = {}
 
-    def log(self, reason: DropReason, n: int) -> None:
+    def log(self, reason: DropReason, n: int, detail: str | None = None) -> None:
         if reason in (DropReason.SAMPLED_OUT, DropReason.FILTERED):
             return  # deliberate, configured drops are counted but not worth a warning
         now = self.clock()
         with self._lock:
             self._pending[reason.value] = self._pending.get(reason.value, 0) + n
+            if detail is not None:
+                self._details[reason.value] = detail
             last = self._last.get(reason.value)
             if last is not None and now - last < self.interval:
                 return
             self._last[reason.value] = now
             count = self._pending.pop(reason.value)
-        logger.warning("agentemit lost %d event(s): %s (see agentemit.stats())", count, reason.value)
+            latest = self._details.pop(reason.value, None)
+        if latest is None:
+            logger.warning("agentemit lost %d event(s): %s (see agentemit.stats())", count, reason.value)
+        else:
+            logger.warning(
+                "agentemit lost %d event(s): %s, the last: %s (see agentemit.stats())", count, reason.value, latest
+            )
 
 
 _loss_logger = RateLimitedLogger()

@@ -32,7 +32,8 @@ class HttpStoreError(RuntimeError):
     """A server request that did not succeed; the message names the method, URL and status.
 
     ``retryable`` says whether sending the same request later may succeed; ``retry_after`` carries a
-    server's requested wait (seconds) when it gave one.
+    server's requested wait (seconds) when it gave one; ``too_large`` says the server refused the
+    request for its size (413), so a smaller batch may pass.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class HttpStoreError(RuntimeError):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.too_large = status == 413
 
 
 class HttpStoreRejected(HttpStoreError, ValueError):
