@@ -38,6 +38,7 @@ from agentemit.pipeline import spill_format
 from agentemit.pipeline.builder import build_span
 from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
 from agentemit.pipeline.lanes import QUEUE_SHARE, Lanes
+from agentemit.pipeline.replay import DropCounter, RecordProgress, Replayer, replay_budget, spool_record_bytes
 from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
 from agentemit.pipeline.sink import ExportResult, Sink
 from agentemit.pipeline.spool import Spool, SpoolEntry, SpoolLockedError
@@ -48,8 +49,7 @@ from agentemit.tracing.context import CURRENT, RawRecord
 logger = logging.getLogger("agentemit")
 
 Stage = Callable[[Span], "Span | None"]
-_SPILL_CHUNK = 2000
-_REPLAY_CHUNK = 16
+_SPILL_CHUNK = 2000  # records the spill thread takes at a time: one spool append, one fsync
 _HIGH = HIGH_PRIORITY_KINDS
 
 
@@ -126,11 +126,21 @@ class Pipeline:
         self._spill_capacity = max(_SPILL_CHUNK * 4, self.lanes.low_capacity)
         self._spill_bytes = 0  # estimated, like Lanes.queued_bytes
         self._spill_budget = max(_SPILL_CHUNK * 1024, int(self.config.memory_threshold * (1.0 - QUEUE_SHARE)))
+        self._record_bytes = spool_record_bytes(self.config)  # small enough to decode within budget
+        self._replayer = Replayer(
+            build=self._build,
+            deliver=self._redeliver,
+            settle=self._settle_spooled,
+            drop=self.stats.drop,
+            batch_size=self._batch_size,
+            max_bytes=replay_budget(self.config),
+        )
         self._wake = threading.Event()
         self._spill_wake = threading.Event()
         self._room = threading.Event()
         self._stop = threading.Event()
         self._export_lock = threading.RLock()
+        self._spool_open_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._taken = 0  # records taken off the lanes or the spill deque
         self._inflight = 0
@@ -337,13 +347,15 @@ class Pipeline:
             with self._count_lock:
                 self._inflight -= len(records)
 
-    def _build(self, records: Iterable[RawRecord | Span]) -> list[Span]:
+    def _build(self, records: Iterable[RawRecord | Span], drop: DropCounter | None = None) -> list[Span]:
+        """Build and stage records; what is filtered or unbuildable is counted on ``drop`` (the stats)."""
+        drop = self.stats.drop if drop is None else drop
         spans: list[Span] = []
         for record in records:
             try:
                 span = record if isinstance(record, Span) else build_span(record, self.resource)
             except Exception as exc:
-                self.stats.drop(DropReason.INVALID)
+                drop(DropReason.INVALID)
                 logger.warning("agentemit: could not build a span from a raw record: %s", exc)
                 continue
             for stage in self.stages:
@@ -354,15 +366,16 @@ class Pipeline:
                     self.stats.add("stage_errors")
                     continue
                 if result is None:
-                    self.stats.drop(DropReason.FILTERED)
+                    drop(DropReason.FILTERED)
                     break
                 span = result
             else:
                 spans.append(span)
         return spans
 
-    def _deliver(self, spans: list[Span], *, replaying: bool = False) -> int | None:
-        """Export one batch; returns how many spans the sink took (refused ones are counted invalid).
+    def _deliver(self, spans: list[Span], *, replaying: bool = False, drop: DropCounter | None = None) -> int | None:
+        """Export one batch; returns how many spans the sink took (refused ones are counted invalid on
+        ``drop``, the stats by default).
 
         None means a retryable failure: unless replaying, the batch (or the failed part of it) went
         to the spool. Callers count what was taken as exported.
@@ -387,12 +400,12 @@ class Pipeline:
         if not result.retryable:
             if len(spans) > 1:  # isolate the bad span(s): a malformed span never poisons a batch
                 middle = len(spans) // 2
-                left = self._deliver(spans[:middle], replaying=replaying)
-                right = self._deliver(spans[middle:], replaying=replaying)
+                left = self._deliver(spans[:middle], replaying=replaying, drop=drop)
+                right = self._deliver(spans[middle:], replaying=replaying, drop=drop)
                 if replaying and (left is None or right is None):
                     return None  # the record stays in the spool; what was taken is counted on its re-replay
                 return (left or 0) + (right or 0)
-            self.stats.drop(DropReason.INVALID)
+            (self.stats.drop if drop is None else drop)(DropReason.INVALID)
             logger.warning("agentemit: sink refused span %s (%s): %s", spans[0].span_id, spans[0].name, result.error)
             return 0  # refused for good: counted, nothing to retry
         self._sink_healthy = False
@@ -401,6 +414,10 @@ class Pipeline:
             self._spool_built(spans)
         logger.warning("agentemit: export failed (%s); batch spooled to disk for replay", result.error)
         return None
+
+    def _redeliver(self, spans: list[Span], drop: DropCounter) -> int | None:
+        """Deliver a batch read back from a spool (a failure leaves it there, not spooled again)."""
+        return self._deliver(spans, replaying=True, drop=drop)
 
     # --- spool ----------------------------------------------------------------------------------
 
@@ -417,10 +434,18 @@ class Pipeline:
         )
 
     def spool(self) -> Spool:
-        """This pipeline's own spool (one directory per process, locked while open)."""
-        if self._spool is None:
-            self._spool = self._open_spool(self._spool_root() / f"{os.getpid()}-{self._owner.hex()[:8]}")
-        return self._spool
+        """This pipeline's own spool (one directory per process, locked while open).
+
+        Opened under a lock: the spill thread and the worker may both need it first at once, and the
+        loser of an unguarded race would find the directory locked and lose its events.
+        """
+        spool = self._spool
+        if spool is None:
+            with self._spool_open_lock:
+                if self._spool is None:
+                    self._spool = self._open_spool(self._spool_root() / f"{os.getpid()}-{self._owner.hex()[:8]}")
+                spool = self._spool
+        return spool
 
     def recover_orphaned_spools(self) -> int:
         """Deliver what dead processes left in sibling spool directories; returns spans delivered.
@@ -453,13 +478,28 @@ class Pipeline:
     def _spool_built(self, spans: list[Span]) -> None:
         high = any(s.name in _HIGH_NAMES for s in spans)
         try:
-            payload = spill_format.encode_built(spans, self._owner)
+            parts = self._built_records(spans)
         except Exception:  # one unencodable span must not cost the batch: keep the rest, count it
             spans = [s for s in spans if self._encodable(s)]
             if not spans:
                 return
-            payload = spill_format.encode_built(spans, self._owner)
-        self._append_spool(payload, len(spans), 0 if high else 1)
+            parts = self._built_records(spans)
+        self._append_spool(parts, 0 if high else 1)
+
+    def _built_records(self, spans: list[Span]) -> list[tuple[bytes, int]]:
+        """``spans`` as spool payloads of at most ``_record_bytes`` each (halved until they fit)."""
+        payload = spill_format.encode_built(spans, self._owner)
+        if len(payload) <= self._record_bytes or len(spans) == 1:
+            return [(payload, len(spans))]
+        middle = len(spans) // 2
+        return self._built_records(spans[:middle]) + self._built_records(spans[middle:])
+
+    def _spool_raw(self, records: list[RawRecord], priority: int) -> None:
+        """Spool raw records as payloads of about ``_record_bytes`` (estimated) each, in one append."""
+        parts = _split_by_bytes(records, self._record_bytes)
+        self._append_spool(
+            [(spill_format.encode_raw(part, self._owner, self.resource), len(part)) for part in parts], priority
+        )
 
     def _encodable(self, span: Span) -> bool:
         try:
@@ -470,19 +510,20 @@ class Pipeline:
             return False
         return True
 
-    def _append_spool(self, payload: bytes, count: int, priority: int) -> None:
+    def _append_spool(self, parts: list[tuple[bytes, int]], priority: int) -> None:
+        """Append ``(payload, events in it)`` pairs in one call (one fsync); count what was refused."""
+        total = sum(count for _, count in parts)
         try:
-            result = self.spool().append([payload], priority=priority)
+            result = self.spool().append([payload for payload, _ in parts], priority=priority)
         except Exception as exc:
-            self.stats.drop(DropReason.SPOOL_FULL, count)
-            logger.error("agentemit: spool write failed (%s); %d event(s) lost", exc, count)
+            self.stats.drop(DropReason.SPOOL_FULL, total)
+            logger.error("agentemit: spool write failed (%s); %d event(s) lost", exc, total)
             return
-        if getattr(result, "refused", 0):
-            self.stats.drop(DropReason.SPOOL_FULL, count)
-            return
-        self.stats.add("spilled", count)
+        stored = sum(count for _, count in parts[: result.stored])
+        self.stats.drop(DropReason.SPOOL_FULL, total - stored)
+        self.stats.add("spilled", stored)
         with self._count_lock:
-            self._in_spool += count
+            self._in_spool += stored
 
     def _on_evicted(self, entry: SpoolEntry) -> None:
         header = spill_format.read_header(entry.payload)
@@ -522,15 +563,18 @@ class Pipeline:
                     (1, [r for r in chunk if not _is_high(r[0])]),
                 ):
                     if part:
-                        payload = spill_format.encode_raw(part, self._owner, self.resource)
-                        self._append_spool(payload, len(part), priority)
-            except Exception as exc:
-                self.stats.drop(DropReason.INVALID, len(chunk))
-                logger.error("agentemit: could not spill %d event(s): %s", len(chunk), exc)
+                        self._spill_part(part, priority)
             finally:
                 with self._count_lock:
                     self._inflight -= len(chunk)
         self._notify_idle()
+
+    def _spill_part(self, records: list[RawRecord], priority: int) -> None:
+        try:
+            self._spool_raw(records, priority)
+        except Exception as exc:
+            self.stats.drop(DropReason.INVALID, len(records))
+            logger.error("agentemit: could not spill %d event(s): %s", len(records), exc)
 
     def _replay(self, flush_all: bool, deadline: float | None = None) -> None:
         """Replay spooled batches, oldest first, while the sink answers (worker thread)."""
@@ -541,56 +585,24 @@ class Pipeline:
         self._replay_from(self._spool, flush_all, deadline)
 
     def _replay_from(self, spool: Spool, flush_all: bool, deadline: float | None = None) -> int:
-        """Replay ``spool`` in chunks, acking each delivered chunk in one call; stops on a failure."""
-        delivered = 0
-        while True:
-            entries = spool.replay(limit=_REPLAY_CHUNK)
-            if not entries:
-                return delivered
-            done: list[SpoolEntry] = []
-            failed = False
-            for entry in entries:
-                count = self._replay_entry(entry)
-                if count is None:
-                    failed = True
-                    break
-                delivered += count
-                done.append(entry)
-            if done:
-                spool.ack(done)
-            if failed or (not flush_all and len(self.lanes) >= self._batch_size):
-                return delivered
-            if deadline is not None and time.monotonic() >= deadline:
-                return delivered  # fresh events first; the rest waits for the next idle moment
+        """Replay ``spool`` (see ``pipeline/replay.py``); stops on a failure, when fresh events are
+        waiting (unless ``flush_all``) or at ``deadline``. Returns the spans delivered."""
 
-    def _replay_entry(self, entry: SpoolEntry) -> int | None:
-        """Deliver one spool record; the spans delivered, or None when the sink failed."""
-        header = spill_format.read_header(entry.payload)
-        if header is None:
-            self.stats.drop(DropReason.INVALID)
-            logger.warning("agentemit: skipped a spool record that is not an agentemit payload")
-            return 0
-        body = entry.payload[spill_format.HEADER_SIZE :]
-        try:
-            if header.form == b"R":
-                spans = self._build(spill_format.decode_raw_rows(body))  # counts what it filters
-            else:
-                spans = spill_format.decode_built(body)
-        except Exception as exc:
-            self.stats.drop(DropReason.INVALID, header.count)
-            logger.warning("agentemit: a spool record could not be decoded (%s); %d event(s) lost", exc, header.count)
-            self._settle_spooled(header)
-            return 0
-        taken = self._deliver(spans, replaying=True)
-        if taken is None:
-            return None
-        self._settle_spooled(header)
-        self.stats.add("exported", taken)
-        self.stats.add("replayed", taken)
-        return taken
+        def keep_going() -> bool:
+            if not flush_all and len(self.lanes) >= self._batch_size:
+                return False  # fresh events first; the rest waits for the next idle moment
+            return deadline is None or time.monotonic() < deadline
 
-    def _settle_spooled(self, header: spill_format.SpillHeader) -> None:
-        """A spool record is done with: its events leave ``in_spool`` (ours) or join ``recovered``."""
+        return self._replayer.replay(spool, keep_going)
+
+    def _settle_spooled(self, header: spill_format.SpillHeader, progress: RecordProgress) -> None:
+        """A spool record is done with: commit its counts; its events leave ``in_spool`` (ours) or
+        join ``recovered``."""
+        if progress.taken:
+            self.stats.add("exported", progress.taken)
+            self.stats.add("replayed", progress.taken)
+        for reason, count in progress.drops.items():
+            self.stats.drop(reason, count)
         with self._count_lock:
             if header.owner == self._owner:
                 self._in_spool -= header.count
@@ -694,13 +706,7 @@ class Pipeline:
                 thread.join(max(0.0, deadline - time.monotonic()))
         leftovers = self.lanes.take(len(self.lanes)) + list(self._spill)
         self._spill.clear()
-        if leftovers:  # out of time: keep them on disk rather than lose them
-            with self._count_lock:
-                self._taken += len(leftovers)
-            try:
-                self._append_spool(spill_format.encode_raw(leftovers, self._owner, self.resource), len(leftovers), 0)
-            except Exception:
-                self.stats.drop(DropReason.SHUTDOWN, len(leftovers))
+        self._spool_leftovers(leftovers)
         try:
             with _exporting():
                 self.sink.shutdown(max(0.0, deadline - time.monotonic()))
@@ -711,6 +717,17 @@ class Pipeline:
         _live_pipelines.discard(self)
         del report
         return self._report(started, exported_before)
+
+    def _spool_leftovers(self, leftovers: list[RawRecord]) -> None:
+        """Out of time at shutdown: keep what is still queued on disk rather than lose it."""
+        if not leftovers:
+            return
+        with self._count_lock:
+            self._taken += len(leftovers)
+        try:
+            self._spool_raw(leftovers, 0)
+        except Exception:
+            self.stats.drop(DropReason.SHUTDOWN, len(leftovers))
 
     def stats_snapshot(self) -> dict[str, Any]:
         """Counters plus derived figures; ``emitted`` is exact when the pipeline is quiet."""
@@ -767,6 +784,22 @@ def _exporting() -> Iterator[None]:
     finally:
         otel_context.detach(otel_token)
         CURRENT.reset(rollout_token)
+
+
+def _split_by_bytes(records: list[RawRecord], max_bytes: int) -> list[list[RawRecord]]:
+    """Consecutive parts of ``records``, each closed once its estimated bytes reach ``max_bytes``."""
+    parts: list[list[RawRecord]] = []
+    part: list[RawRecord] = []
+    size = 0
+    for record in records:
+        part.append(record)
+        size += record[12]
+        if size >= max_bytes:
+            parts.append(part)
+            part, size = [], 0
+    if part:
+        parts.append(part)
+    return parts
 
 
 def _is_high(kind: str) -> bool:
