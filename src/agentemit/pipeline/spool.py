@@ -67,8 +67,8 @@ _CURSOR_FILE = "cursor.json"
 _LOCK_FILE = "spool.lock"
 _CURSOR_FORMAT = "agentemit.spool.cursor"
 _WARN_INTERVAL = 60.0  # seconds between two warnings of the same kind
-# The spill thread must keep up with a producer flat out: level 1 compressed spilled rows 26-40x at
-# ~1.3x the speed of level 3, which saved only another 15-25% (BENCHMARKS.md, spool compression).
+# The spill thread must keep up with a producer flat out: zstd's fastest standard level. Levels 1 and
+# 3 measured within noise of each other on spilled rows (BENCHMARKS.md, spool section).
 _ZSTD_LEVEL = 1
 
 
