@@ -9,6 +9,7 @@ directly or behind failover, and on replay from the spool.
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,7 +122,7 @@ def test_an_oversize_event_at_emit_is_logged_by_the_worker_naming_its_kind_and_s
     tmp_path: Path, store: SqliteStore, pipelines: list[Pipeline], loss_log: LossLog, caplog: pytest.LogCaptureFixture
 ) -> None:
     p = make(pipelines, StoreBackedSink(store), tmp_path, memory_threshold=THRESHOLD)
-    emit_bodies(p, ["x" * 100_000])
+    emit_bodies(p, [incompressible(100_000)])
     assert not caplog.records  # the emitting thread does no I/O: nothing logged yet
     p.run_once()
     p.run_once()  # a second pass logs nothing new
@@ -143,13 +144,18 @@ def test_queue_full_drops_on_the_emitting_thread_are_logged_by_the_worker_too(
 # --- the spool's cap --------------------------------------------------------------------------------
 
 
+def incompressible(chars: int) -> str:
+    """Random hex: the spool compresses (zstd by default), and ``"x" * n`` would shrink to nothing."""
+    return secrets.token_hex(chars // 2)
+
+
 def test_a_span_too_big_for_the_spool_is_dropped_alone_and_the_rest_of_its_failed_batch_is_spooled(
     tmp_path: Path, store: SqliteStore, pipelines: list[Pipeline], loss_log: LossLog
 ) -> None:
     sink = StoreBackedSink(store, ["fail"])  # the first export fails (retryable): the batch goes to the spool
     p = make(pipelines, sink, tmp_path, spool_max_bytes=50_000, batch_size=10)
     bodies = [f"m{i}" for i in range(9)]
-    emit_bodies(p, [*bodies[:4], "x" * 100_000, *bodies[4:]])
+    emit_bodies(p, [*bodies[:4], incompressible(100_000), *bodies[4:]])
     p.run_once(flush_all=False)  # one full batch; the failed sink is not probed again yet
     snap = snapshot_of(p)
     assert snap["in_spool"] == 9 and snap["dropped"] == {"oversize": 1}
@@ -166,7 +172,7 @@ def test_a_spilled_event_too_big_for_the_spool_is_dropped_alone_and_the_rest_of_
 ) -> None:
     p = make(pipelines, StoreBackedSink(store), tmp_path, spool_max_bytes=50_000, max_queue_size=2)
     bodies = [f"m{i}" for i in range(12)]
-    emit_bodies(p, [*bodies[:6], "x" * 100_000, *bodies[6:]])  # the bulk lanes hold 1: the rest spill
+    emit_bodies(p, [*bodies[:6], incompressible(100_000), *bodies[6:]])  # the bulk lanes hold 1: the rest spill
     assert len(p._spill) == 12
     p._drain_spill()
     snap = snapshot_of(p)

@@ -60,6 +60,7 @@ def test_defaults_match_the_documented_values() -> None:
     assert config.flush_interval == 5.0
     assert config.overflow == "spill"
     assert config.durability == "batch"
+    assert config.compression == "zstd"
 
 
 @pytest.mark.parametrize(
@@ -122,7 +123,7 @@ def test_settings_come_from_agentemit_variables_and_arguments_win() -> None:
         "AGENTEMIT_KIND_SAMPLE_RATES": "message=0.1",
         "AGENTEMIT_ADAPTIVE_SAMPLING": "off",
         "AGENTEMIT_SPOOL_DIR": "/tmp/x",
-        "AGENTEMIT_COMPRESSION": "zstd",
+        "AGENTEMIT_COMPRESSION": "none",
         "AGENTEMIT_DURABILITY": "always",
     }
     config = PipelineConfig.from_env(env, batch_size=9)
@@ -137,7 +138,7 @@ def test_settings_come_from_agentemit_variables_and_arguments_win() -> None:
     assert config.kind_sample_rates == {"message": 0.1}
     assert config.adaptive_sampling is False
     assert config.spool_dir == Path("/tmp/x")
-    assert (config.compression, config.durability) == ("zstd", "always")
+    assert (config.compression, config.durability) == ("none", "always")
 
 
 def test_an_empty_environment_gives_the_defaults() -> None:

@@ -32,6 +32,7 @@ import pytest
 
 from _spool_crash_child import batch_payload
 from agentemit.codec import decode_batch
+from agentemit.compression import Compression
 from agentemit.pipeline.spool import HEADER_SIZE, AppendResult, Spool, SpoolEntry, SpoolLockedError
 
 CHILD = Path(__file__).with_name("_spool_crash_child.py")
@@ -64,6 +65,17 @@ def test_replay_returns_records_in_append_order_across_calls_and_priorities(tmp_
     assert [e.payload for e in entries] == [*payloads("a", 3), *payloads("b", 2)]
     assert [e.priority for e in entries] == [2, 2, 2, 0, 0]
     assert [e.position for e in entries] == sorted(e.position for e in entries)
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_replay_hands_out_at_most_max_bytes_of_payloads_and_always_one_record(
+    tmp_path: Path, compression: Compression
+) -> None:
+    with Spool(tmp_path, compression=compression) as spool:
+        spool.append(payloads("p", 10, size=100))
+        assert [e.payload for e in spool.replay(max_bytes=350)] == payloads("p", 10, size=100)[:3]
+        assert [e.payload for e in spool.replay(limit=2, max_bytes=350)] == payloads("p", 10, size=100)[:2]
+        assert [e.payload for e in spool.replay(max_bytes=1)] == payloads("p", 1, size=100)  # progress
 
 
 def test_replay_hands_out_unacked_records_again_and_acked_ones_never(tmp_path: Path) -> None:

@@ -24,14 +24,14 @@ def check_compression(name: str) -> Compression:
     return name
 
 
-def compress(data: bytes, compression: Compression) -> bytes:
-    """Compress ``data``; ``"none"`` returns it unchanged."""
+def compress(data: bytes, compression: Compression, *, zstd_level: int = 3) -> bytes:
+    """Compress ``data``; ``"none"`` returns it unchanged. gzip always uses level 1 (speed first)."""
     if compression == "none":
         return data
     if compression == "gzip":
         return gzip.compress(data, compresslevel=1)
     if compression == "zstd":
-        return zstandard.ZstdCompressor(level=3).compress(data)
+        return zstandard.ZstdCompressor(level=zstd_level).compress(data)  # one per call: not thread-safe
     raise ValueError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
 
 

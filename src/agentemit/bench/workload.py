@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from agentemit.emit.api import reward_attributes
 from agentemit.pipeline.builder import build_span
 from agentemit.span import Attributes, Span
 from agentemit.stores import SqliteStore
-from agentemit.tracing.context import RawRecord
+from agentemit.tracing.context import RECORD_OVERHEAD, RawRecord
 
 MESSAGE = "tool call returned 42 rows in 12 ms"
 EVENT_NAMES = (semconv.SPAN_MESSAGE, semconv.SPAN_REWARD)
@@ -61,33 +62,45 @@ def count_events(db: Path) -> int:
     return count_rows(db, "WHERE name IN (?, ?)", EVENT_NAMES)
 
 
-def make_spans(n: int, tag: str, per_rollout: int = 1_000) -> list[Span]:
-    """``n`` spans of the standard workload as the pipeline builds them, ``per_rollout`` to a rollout."""
-    resource: Attributes = {"service.name": "agentemit-bench", "process.pid": 1}
-    spans: list[Span] = []
+def make_records(
+    n: int, tag: str, per_rollout: int = 1_000, message: Callable[[int], str] | None = None
+) -> list[RawRecord]:
+    """``n`` raw records of the standard workload as the emit path makes them, ``per_rollout`` to a
+    rollout. ``message(i)`` gives the i-th message body (default: the standard ``MESSAGE``)."""
+    records: list[RawRecord] = []
     now = time.time_ns()
     for i in range(n):
         rollout, seq = divmod(i, per_rollout)
         if i % 10 == 9:
             kind, name = "reward", semconv.SPAN_REWARD
             attrs: dict[str, Any] = reward_attributes(0.5)
+            size = RECORD_OVERHEAD
         else:
+            body = MESSAGE if message is None else message(i)
             kind, name = "message", semconv.SPAN_MESSAGE
-            attrs = {semconv.MESSAGE_BODY: MESSAGE, semconv.MESSAGE_LEGACY: MESSAGE}
-        record: RawRecord = (
-            kind,
-            name,
-            now + i,
-            now + i,
-            attrs,
-            f"{rollout + 1:032x}",
-            (7 << 32) + i + 1,
-            (9 << 32) + rollout + 1,
-            seq + 1,
-            f"{tag}-rollout-{rollout}",
-            "attempt-0",
-            None,
-            0,
+            attrs = {semconv.MESSAGE_BODY: body, semconv.MESSAGE_LEGACY: body}
+            size = RECORD_OVERHEAD + len(body)
+        records.append(
+            (
+                kind,
+                name,
+                now + i,
+                now + i,
+                attrs,
+                f"{rollout + 1:032x}",
+                (7 << 32) + i + 1,
+                (9 << 32) + rollout + 1,
+                seq + 1,
+                f"{tag}-rollout-{rollout}",
+                "attempt-0",
+                None,
+                size,
+            )
         )
-        spans.append(build_span(record, resource))
-    return spans
+    return records
+
+
+def make_spans(n: int, tag: str, per_rollout: int = 1_000) -> list[Span]:
+    """``n`` spans of the standard workload as the pipeline builds them, ``per_rollout`` to a rollout."""
+    resource: Attributes = {"service.name": "agentemit-bench", "process.pid": 1}
+    return [build_span(record, resource) for record in make_records(n, tag, per_rollout)]

@@ -43,6 +43,7 @@ from agentemit.pipeline import spill_format
 from agentemit.pipeline.builder import build_span
 from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
 from agentemit.pipeline.lanes import QUEUE_SHARE, Lanes
+from agentemit.pipeline.replay import DropCounter, RecordProgress, Replayer, replay_budget, spool_record_bytes
 from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
 from agentemit.pipeline.sink import ExportResult, Sink
 from agentemit.pipeline.spool import Spool, SpoolEntry, SpoolLockedError
@@ -53,8 +54,7 @@ from agentemit.tracing.context import CURRENT, RawRecord
 logger = logging.getLogger("agentemit")
 
 Stage = Callable[[Span], "Span | None"]
-_SPILL_CHUNK = 2000
-_REPLAY_CHUNK = 16
+_SPILL_CHUNK = 2000  # records the spill thread takes at a time: one spool append, one fsync
 _HIGH = HIGH_PRIORITY_KINDS
 _Item = TypeVar("_Item", RawRecord, Span)  # what a spool record holds: raw records or built spans
 
@@ -134,11 +134,21 @@ class Pipeline:
         self._spill_budget = max(_SPILL_CHUNK * 1024, int(self.config.memory_threshold * (1.0 - QUEUE_SHARE)))
         self._max_event_bytes = self.lanes.low_budget  # a bigger event could never be held: oversize
         self._last_oversize: tuple[str, int] | None = None  # (kind, size) of the latest refused at emit
+        self._record_bytes = spool_record_bytes(self.config)  # small enough to decode within budget
+        self._replayer = Replayer(
+            build=self._build,
+            deliver=self._redeliver,
+            settle=self._settle_spooled,
+            drop=self.stats.drop,
+            batch_size=self._batch_size,
+            max_bytes=replay_budget(self.config),
+        )
         self._wake = threading.Event()
         self._spill_wake = threading.Event()
         self._room = threading.Event()
         self._stop = threading.Event()
         self._export_lock = threading.RLock()
+        self._spool_open_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._taken = 0  # records taken off the lanes or the spill deque
         self._inflight = 0
@@ -367,13 +377,15 @@ class Pipeline:
             with self._count_lock:
                 self._inflight -= len(records)
 
-    def _build(self, records: Iterable[RawRecord | Span]) -> list[Span]:
+    def _build(self, records: Iterable[RawRecord | Span], drop: DropCounter | None = None) -> list[Span]:
+        """Build and stage records; what is filtered or unbuildable is counted on ``drop`` (the stats)."""
+        drop = self.stats.drop if drop is None else drop
         spans: list[Span] = []
         for record in records:
             try:
                 span = record if isinstance(record, Span) else build_span(record, self.resource)
             except Exception as exc:
-                self.stats.drop(DropReason.INVALID)
+                drop(DropReason.INVALID)
                 logger.warning("agentemit: could not build a span from a raw record: %s", exc)
                 continue
             for stage in self.stages:
@@ -384,14 +396,14 @@ class Pipeline:
                     self.stats.add("stage_errors")
                     continue
                 if result is None:
-                    self.stats.drop(DropReason.FILTERED)
+                    drop(DropReason.FILTERED)
                     break
                 span = result
             else:
                 spans.append(span)
         return spans
 
-    def _deliver(self, spans: list[Span], *, replaying: bool = False) -> int | None:
+    def _deliver(self, spans: list[Span], *, replaying: bool = False, drop: DropCounter | None = None) -> int | None:
         """Export one batch; returns how many spans the sink took.
 
         A batch the sink refuses for good is split until each refused span stands alone; those are
@@ -404,18 +416,21 @@ class Pipeline:
         taken = self._export_split(spans, replaying, refused)
         if taken is not None or not replaying:
             for span, result in refused:
-                self._count_refused(span, result)
+                self._count_refused(span, result, drop)
         return taken
 
-    def _count_refused(self, span: Span, result: ExportResult) -> None:
-        if result.too_large:
-            self.stats.drop(
-                DropReason.OVERSIZE,
-                detail=f"{_describe(span)} ({_encoded_size(span)} encoded), refused alone by the sink: {result.error}",
-            )
+    def _count_refused(self, span: Span, result: ExportResult, drop: DropCounter | None) -> None:
+        """Count a span the sink refused alone, on ``drop`` (a replayed record's tally) or the stats."""
+        if not result.too_large:
+            (self.stats.drop if drop is None else drop)(DropReason.INVALID)
+            logger.warning("agentemit: sink refused span %s (%s): %s", span.span_id, span.name, result.error)
             return
-        self.stats.drop(DropReason.INVALID)
-        logger.warning("agentemit: sink refused span %s (%s): %s", span.span_id, span.name, result.error)
+        detail = f"{_describe(span)} ({_encoded_size(span)} encoded), refused alone by the sink: {result.error}"
+        if drop is None:
+            self.stats.drop(DropReason.OVERSIZE, detail=detail)
+        else:
+            drop(DropReason.OVERSIZE)
+            logger.warning("agentemit: dropped as oversize: %s", detail)
 
     def _export_split(self, spans: list[Span], replaying: bool, refused: list[tuple[Span, ExportResult]]) -> int | None:
         """:meth:`_deliver` without the counting of refusals, which it collects in ``refused``."""
@@ -453,6 +468,10 @@ class Pipeline:
         logger.warning("agentemit: export failed (%s); batch spooled to disk for replay", result.error)
         return None
 
+    def _redeliver(self, spans: list[Span], drop: DropCounter) -> int | None:
+        """Deliver a batch read back from a spool (a failure leaves it there, not spooled again)."""
+        return self._deliver(spans, replaying=True, drop=drop)
+
     # --- spool ----------------------------------------------------------------------------------
 
     def _spool_root(self) -> Path:
@@ -468,10 +487,18 @@ class Pipeline:
         )
 
     def spool(self) -> Spool:
-        """This pipeline's own spool (one directory per process, locked while open)."""
-        if self._spool is None:
-            self._spool = self._open_spool(self._spool_root() / f"{os.getpid()}-{self._owner.hex()[:8]}")
-        return self._spool
+        """This pipeline's own spool (one directory per process, locked while open).
+
+        Opened under a lock: the spill thread and the worker may both need it first at once, and the
+        loser of an unguarded race would find the directory locked and lose its events.
+        """
+        spool = self._spool
+        if spool is None:
+            with self._spool_open_lock:
+                if self._spool is None:
+                    self._spool = self._open_spool(self._spool_root() / f"{os.getpid()}-{self._owner.hex()[:8]}")
+                spool = self._spool
+        return spool
 
     def recover_orphaned_spools(self) -> int:
         """Deliver what dead processes left in sibling spool directories; returns spans delivered.
@@ -504,13 +531,13 @@ class Pipeline:
     def _spool_built(self, spans: list[Span]) -> None:
         high = any(s.name in _HIGH_NAMES for s in spans)
         try:
-            payload = self._encode_built(spans)
+            parts = self._built_parts(spans)
         except Exception:  # one unencodable span must not cost the batch: keep the rest, count it
             spans = [s for s in spans if self._encodable(s)]
             if not spans:
                 return
-            payload = self._encode_built(spans)
-        self._store_in_spool(spans, self._encode_built, 0 if high else 1, payload)
+            parts = self._built_parts(spans)
+        self._store_in_spool(parts, self._encode_built, 0 if high else 1)
 
     def _encode_built(self, spans: Sequence[Span]) -> bytes:
         return spill_format.encode_built(spans, self._owner)
@@ -518,26 +545,54 @@ class Pipeline:
     def _encode_raw(self, records: Sequence[RawRecord]) -> bytes:
         return spill_format.encode_raw(records, self._owner, self.resource)
 
-    def _store_in_spool(
-        self, items: Sequence[_Item], encode: Callable[[Sequence[_Item]], bytes], priority: int, payload: bytes
-    ) -> None:
-        """Append ``items`` (encoded as ``payload``) as one spool record, counting the outcome.
+    def _built_parts(self, spans: Sequence[Span]) -> list[tuple[Sequence[Span], bytes]]:
+        """``spans`` as spool records of at most ``_record_bytes`` each (halved until they fit), so a
+        record decodes within the replay budget."""
+        payload = self._encode_built(spans)
+        if len(payload) <= self._record_bytes or len(spans) == 1:
+            return [(spans, payload)]
+        middle = len(spans) // 2
+        return self._built_parts(spans[:middle]) + self._built_parts(spans[middle:])
 
-        A record too large for the spool is split in halves, re-encoded, until the offending event
-        stands alone: it is dropped as ``oversize`` and the rest are stored.
+    def _spool_raw(self, records: list[RawRecord], priority: int) -> None:
+        """Spool raw records as records of about ``_record_bytes`` (estimated) each, in one append."""
+        parts = [(part, self._encode_raw(part)) for part in _split_by_bytes(records, self._record_bytes)]
+        self._store_in_spool(parts, self._encode_raw, priority)
+
+    def _store_in_spool(
+        self, parts: Sequence[tuple[Sequence[_Item], bytes]], encode: Callable[[Sequence[_Item]], bytes], priority: int
+    ) -> None:
+        """Append ``(items, payload)`` records in one call (one fsync) and count the outcome.
+
+        A record too large for the spool to ever hold is split in halves, re-encoded, until the
+        offending event stands alone: it is dropped as ``oversize`` and the rest are stored.
         """
-        if self._append_spool(payload, len(items), priority):
+        total = sum(len(items) for items, _ in parts)
+        try:
+            result = self.spool().append([payload for _, payload in parts], priority=priority)
+        except Exception as exc:
+            self.stats.drop(DropReason.SPOOL_FULL, total)
+            logger.error("agentemit: spool write failed (%s); %d event(s) lost", exc, total)
             return
+        stored = sum(len(items) for items, _ in parts[: result.stored])
+        self.stats.add("spilled", stored)
+        with self._count_lock:
+            self._in_spool += stored
+        if not result.too_large:
+            self.stats.drop(DropReason.SPOOL_FULL, total - stored)
+            return
+        (items, payload), rest = parts[result.stored], parts[result.stored + 1 :]
         if len(items) > 1:
             middle = len(items) // 2
-            for part in (items[:middle], items[middle:]):
-                self._store_in_spool(part, encode, priority, encode(part))
-            return
-        self.stats.drop(
-            DropReason.OVERSIZE,
-            detail=f"{_describe(items[0])} ({len(payload):,} bytes encoded), more than the spool can hold "
-            f"(spool_max_bytes={self.config.spool_max_bytes:,})",
-        )
+            self._store_in_spool([(half, encode(half)) for half in (items[:middle], items[middle:])], encode, priority)
+        else:
+            self.stats.drop(
+                DropReason.OVERSIZE,
+                detail=f"{_describe(items[0])} ({len(payload):,} bytes encoded), more than the spool can hold "
+                f"(spool_max_bytes={self.config.spool_max_bytes:,})",
+            )
+        if rest:
+            self._store_in_spool(rest, encode, priority)
 
     def _encodable(self, span: Span) -> bool:
         try:
@@ -546,25 +601,6 @@ class Pipeline:
             self.stats.drop(DropReason.INVALID)
             logger.warning("agentemit: span %s (%s) cannot be encoded, dropped: %s", span.span_id, span.name, exc)
             return False
-        return True
-
-    def _append_spool(self, payload: bytes, count: int, priority: int) -> bool:
-        """Store one payload of ``count`` events and count the outcome; False (nothing counted) when
-        the payload is too large for the spool to ever hold."""
-        try:
-            result = self.spool().append([payload], priority=priority)
-        except Exception as exc:
-            self.stats.drop(DropReason.SPOOL_FULL, count)
-            logger.error("agentemit: spool write failed (%s); %d event(s) lost", exc, count)
-            return True
-        if result.too_large:
-            return False
-        if result.refused:
-            self.stats.drop(DropReason.SPOOL_FULL, count)
-            return True
-        self.stats.add("spilled", count)
-        with self._count_lock:
-            self._in_spool += count
         return True
 
     def _on_evicted(self, entry: SpoolEntry) -> None:
@@ -605,14 +641,18 @@ class Pipeline:
                     (1, [r for r in chunk if not _is_high(r[0])]),
                 ):
                     if part:
-                        self._store_in_spool(part, self._encode_raw, priority, self._encode_raw(part))
-            except Exception as exc:
-                self.stats.drop(DropReason.INVALID, len(chunk))
-                logger.error("agentemit: could not spill %d event(s): %s", len(chunk), exc)
+                        self._spill_part(part, priority)
             finally:
                 with self._count_lock:
                     self._inflight -= len(chunk)
         self._notify_idle()
+
+    def _spill_part(self, records: list[RawRecord], priority: int) -> None:
+        try:
+            self._spool_raw(records, priority)
+        except Exception as exc:
+            self.stats.drop(DropReason.INVALID, len(records))
+            logger.error("agentemit: could not spill %d event(s): %s", len(records), exc)
 
     def _replay(self, flush_all: bool, deadline: float | None = None) -> None:
         """Replay spooled batches, oldest first, while the sink answers (worker thread)."""
@@ -623,56 +663,24 @@ class Pipeline:
         self._replay_from(self._spool, flush_all, deadline)
 
     def _replay_from(self, spool: Spool, flush_all: bool, deadline: float | None = None) -> int:
-        """Replay ``spool`` in chunks, acking each delivered chunk in one call; stops on a failure."""
-        delivered = 0
-        while True:
-            entries = spool.replay(limit=_REPLAY_CHUNK)
-            if not entries:
-                return delivered
-            done: list[SpoolEntry] = []
-            failed = False
-            for entry in entries:
-                count = self._replay_entry(entry)
-                if count is None:
-                    failed = True
-                    break
-                delivered += count
-                done.append(entry)
-            if done:
-                spool.ack(done)
-            if failed or (not flush_all and len(self.lanes) >= self._batch_size):
-                return delivered
-            if deadline is not None and time.monotonic() >= deadline:
-                return delivered  # fresh events first; the rest waits for the next idle moment
+        """Replay ``spool`` (see ``pipeline/replay.py``); stops on a failure, when fresh events are
+        waiting (unless ``flush_all``) or at ``deadline``. Returns the spans delivered."""
 
-    def _replay_entry(self, entry: SpoolEntry) -> int | None:
-        """Deliver one spool record; the spans delivered, or None when the sink failed."""
-        header = spill_format.read_header(entry.payload)
-        if header is None:
-            self.stats.drop(DropReason.INVALID)
-            logger.warning("agentemit: skipped a spool record that is not an agentemit payload")
-            return 0
-        body = entry.payload[spill_format.HEADER_SIZE :]
-        try:
-            if header.form == b"R":
-                spans = self._build(spill_format.decode_raw_rows(body))  # counts what it filters
-            else:
-                spans = spill_format.decode_built(body)
-        except Exception as exc:
-            self.stats.drop(DropReason.INVALID, header.count)
-            logger.warning("agentemit: a spool record could not be decoded (%s); %d event(s) lost", exc, header.count)
-            self._settle_spooled(header)
-            return 0
-        taken = self._deliver(spans, replaying=True)
-        if taken is None:
-            return None
-        self._settle_spooled(header)
-        self.stats.add("exported", taken)
-        self.stats.add("replayed", taken)
-        return taken
+        def keep_going() -> bool:
+            if not flush_all and len(self.lanes) >= self._batch_size:
+                return False  # fresh events first; the rest waits for the next idle moment
+            return deadline is None or time.monotonic() < deadline
 
-    def _settle_spooled(self, header: spill_format.SpillHeader) -> None:
-        """A spool record is done with: its events leave ``in_spool`` (ours) or join ``recovered``."""
+        return self._replayer.replay(spool, keep_going)
+
+    def _settle_spooled(self, header: spill_format.SpillHeader, progress: RecordProgress) -> None:
+        """A spool record is done with: commit its counts; its events leave ``in_spool`` (ours) or
+        join ``recovered``."""
+        if progress.taken:
+            self.stats.add("exported", progress.taken)
+            self.stats.add("replayed", progress.taken)
+        for reason, count in progress.drops.items():
+            self.stats.drop(reason, count)
         with self._count_lock:
             if header.owner == self._owner:
                 self._in_spool -= header.count
@@ -776,13 +784,7 @@ class Pipeline:
                 thread.join(max(0.0, deadline - time.monotonic()))
         leftovers = self.lanes.take(len(self.lanes)) + list(self._spill)
         self._spill.clear()
-        if leftovers:  # out of time: keep them on disk rather than lose them
-            with self._count_lock:
-                self._taken += len(leftovers)
-            try:
-                self._store_in_spool(leftovers, self._encode_raw, 0, self._encode_raw(leftovers))
-            except Exception:
-                self.stats.drop(DropReason.SHUTDOWN, len(leftovers))
+        self._spool_leftovers(leftovers)
         try:
             with _exporting():
                 self.sink.shutdown(max(0.0, deadline - time.monotonic()))
@@ -793,6 +795,17 @@ class Pipeline:
         _live_pipelines.discard(self)
         del report
         return self._report(started, exported_before)
+
+    def _spool_leftovers(self, leftovers: list[RawRecord]) -> None:
+        """Out of time at shutdown: keep what is still queued on disk rather than lose it."""
+        if not leftovers:
+            return
+        with self._count_lock:
+            self._taken += len(leftovers)
+        try:
+            self._spool_raw(leftovers, 0)
+        except Exception:
+            self.stats.drop(DropReason.SHUTDOWN, len(leftovers))
 
     def stats_snapshot(self) -> dict[str, Any]:
         """Counters plus derived figures; ``emitted`` is exact when the pipeline is quiet."""
@@ -863,6 +876,22 @@ def _encoded_size(span: Span) -> str:
         return f"{len(encode_span(span)):,} bytes"
     except Exception:  # it reached the sink, so it encodes; this is a loss message, never a crash
         return "size unknown"
+
+
+def _split_by_bytes(records: list[RawRecord], max_bytes: int) -> list[list[RawRecord]]:
+    """Consecutive parts of ``records``, each closed once its estimated bytes reach ``max_bytes``."""
+    parts: list[list[RawRecord]] = []
+    part: list[RawRecord] = []
+    size = 0
+    for record in records:
+        part.append(record)
+        size += record[12]
+        if size >= max_bytes:
+            parts.append(part)
+            part, size = [], 0
+    if part:
+        parts.append(part)
+    return parts
 
 
 def _is_high(kind: str) -> bool:

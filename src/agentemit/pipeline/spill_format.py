@@ -10,9 +10,9 @@ left behind (counted as ``recovered``). The count lets eviction be accounted in 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -62,17 +62,32 @@ def encode_built(spans: Sequence[Span], owner: bytes) -> bytes:
     return _HEADER.pack(MAGIC, b"B", owner, len(spans)) + codec.encode_batch(spans)
 
 
-def decode_raw_rows(body: bytes) -> list[RawRecord | Span]:
-    """Raw rows back to raw records (or Spans for third-party spans built at spill time)."""
-    out: list[RawRecord | Span] = []
-    for row in orjson.loads(body):
-        if row[0] == "otel":
-            out.append(Span.from_dict(row[1]))
-        else:
-            row[4] = decode_attributes(row[4])  # tagged non-finite floats back, lists back to tuples
-            out.append((*row, None, 0))
-    return out
+def decode_batches(header: SpillHeader, payload: bytes, size: int, skip: int = 0) -> Iterator[list[RawRecord | Span]]:
+    """The payload's events ``size`` at a time, from event ``skip`` on.
+
+    Form ``R`` gives raw records (and Spans for third-party spans built at spill time), still to be
+    built and staged; form ``B`` gives built Spans. The JSON is parsed once; each batch is converted
+    only when asked for and the parsed rows it came from are released, so besides the parsed
+    document only one batch is held decoded at a time.
+    """
+    body = memoryview(payload)[HEADER_SIZE:]
+    items: list[Any] = codec.decode_batch(bytes(body)) if header.form == b"B" else orjson.loads(body)
+    convert: Callable[[Any], RawRecord | Span] = _same if header.form == b"B" else _raw_record
+    del body
+    for start in range(skip, len(items), size):
+        stop = min(start + size, len(items))
+        batch = [convert(item) for item in items[start:stop]]
+        items[start:stop] = [None] * (stop - start)
+        yield batch
 
 
-def decode_built(body: bytes) -> list[Span]:
-    return codec.decode_batch(body)
+def _raw_record(row: Any) -> RawRecord | Span:
+    """One raw row back to a raw record (or a Span for a third-party span built at spill time)."""
+    if row[0] == "otel":
+        return Span.from_dict(row[1])
+    row[4] = decode_attributes(row[4])  # tagged non-finite floats back, lists back to tuples
+    return (*row, None, 0)
+
+
+def _same(span: Any) -> Span:
+    return cast(Span, span)

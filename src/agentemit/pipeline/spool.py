@@ -67,6 +67,9 @@ _CURSOR_FILE = "cursor.json"
 _LOCK_FILE = "spool.lock"
 _CURSOR_FORMAT = "agentemit.spool.cursor"
 _WARN_INTERVAL = 60.0  # seconds between two warnings of the same kind
+# The spill thread must keep up with a producer flat out: zstd's fastest standard level. Levels 1 and
+# 3 measured within noise of each other on spilled rows (BENCHMARKS.md, spool section).
+_ZSTD_LEVEL = 1
 
 
 class SpoolLockedError(RuntimeError):
@@ -141,13 +144,17 @@ def _encode_record(seq: int, flags: int, stored: bytes) -> bytes:
     return head[:20] + crc.to_bytes(4, "little") + stored
 
 
+def _header_ok(magic: bytes, flags: int) -> bool:
+    return magic == _MAGIC and not flags & 0xF0 and flags & 3 < len(COMPRESSIONS)
+
+
 def _parse(view: memoryview, off: int) -> tuple[int, int, int] | None:
     """``(flags, seq, size)`` of the valid record starting at ``off``, else None."""
     if len(view) - off < HEADER_SIZE:
         return None
     magic, flags, seq, length, crc = _HEADER.unpack_from(view, off)
     end = off + HEADER_SIZE + length
-    if magic != _MAGIC or flags & 0xF0 or flags & 3 >= len(COMPRESSIONS) or end > len(view):
+    if not _header_ok(magic, flags) or end > len(view):
         return None
     if zlib.crc32(view[off + HEADER_SIZE : end], zlib.crc32(view[off + 4 : off + 20])) != crc:
         return None
@@ -281,7 +288,8 @@ class Spool:
         for i, payload in enumerate(payloads):
             if not isinstance(payload, (bytes, bytearray, memoryview)):
                 raise TypeError(f"spool.append: payload {i} is {type(payload).__name__}; expected bytes")
-            data = compress(bytes(payload), self.compression)  # outside the lock: CPU, not shared state
+            # Outside the lock: CPU, not shared state.
+            data = compress(bytes(payload), self.compression, zstd_level=_ZSTD_LEVEL)
             if len(data) > min(_MAX_PAYLOAD, self.max_bytes - HEADER_SIZE):
                 too_large = True
                 break  # it and everything after it are refused, keeping order
@@ -303,16 +311,19 @@ class Spool:
                 self._on_evict(entry)
         return AppendResult(written, refused, evicted, error or write_error, too_large and written == len(stored))
 
-    def replay(self, limit: int | None = None) -> list[SpoolEntry]:
-        """The oldest unacknowledged records, up to ``limit``, in append order.
+    def replay(self, limit: int | None = None, *, max_bytes: int | None = None) -> list[SpoolEntry]:
+        """The oldest unacknowledged records, in append order, up to ``limit`` records and ``max_bytes``.
 
-        Records stay pending until :meth:`ack`\\ ed, so calling again without acknowledging hands out
-        the same records (the retry path). Damaged records are dropped and counted, never returned.
-        ``limit=None`` reads every pending payload into memory: the pipeline should pass a limit.
+        ``max_bytes`` bounds the payload bytes handed out (decompressed), so a caller's memory is
+        bounded by bytes whatever the record sizes; the first record is handed out even if it alone is
+        larger, so replay always makes progress. Records stay pending until :meth:`ack`\\ ed, so calling
+        again without acknowledging hands out the same records (the retry path). Damaged records are
+        dropped and counted, never returned. With neither bound every pending payload is read into
+        memory: the pipeline passes ``max_bytes``.
         """
         with self._lock:
             self._check_open()
-            out, damaged = self._read_many(self._live.values(), limit)
+            out, damaged = self._read_many(self._live.values(), limit, max_bytes)
             for rec in damaged:
                 self._drop(rec)
                 self._stats.corrupt_records += 1
@@ -649,11 +660,11 @@ class Spool:
             seg.path.unlink(missing_ok=True)
             self._segments.remove(seg)
             return
-        data = seg.path.read_bytes()
         tmp = seg.path.with_name(seg.path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            for r in keep:
-                f.write(data[r.offset : r.offset + r.size])
+        with open(seg.path, "rb") as src, open(tmp, "wb") as f:
+            for r in keep:  # one record at a time: a segment is up to segment_bytes, far more than a record
+                src.seek(r.offset)
+                f.write(src.read(r.size))
             if self._sync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -671,38 +682,55 @@ class Spool:
     # --- reading ---------------------------------------------------------------------------------
 
     def _read(self, rec: _Record, files: dict[_Segment, BinaryIO]) -> SpoolEntry | None:
-        """The entry for ``rec``, or None when its bytes no longer check out."""
+        """The entry for ``rec``, or None when its bytes no longer check out.
+
+        Header and payload are read separately so the payload is never copied out of a larger buffer.
+        """
         f = files.get(rec.segment)
         if f is None:
             f = files[rec.segment] = open(rec.segment.path, "rb")  # noqa: SIM115 - closed by replay
         f.seek(rec.offset)
-        raw = f.read(rec.size)
-        parsed = _parse(memoryview(raw), 0)
-        if parsed is None or parsed[1] != rec.seq or parsed[2] != rec.size:
+        head = f.read(HEADER_SIZE)
+        if len(head) < HEADER_SIZE:
+            return None
+        magic, flags, seq, length, crc = _HEADER.unpack(head)
+        if not _header_ok(magic, flags) or seq != rec.seq or HEADER_SIZE + length != rec.size:
+            return None
+        stored = f.read(length)
+        if len(stored) != length or zlib.crc32(stored, zlib.crc32(head[4:20])) != crc:
             return None
         try:
-            payload = decompress(raw[HEADER_SIZE:], COMPRESSIONS[parsed[0] & 3])
+            payload = decompress(stored, COMPRESSIONS[flags & 3])
         except CompressionError:
             return None
         return SpoolEntry(payload, rec.priority, rec.seq)
 
-    def _read_many(self, recs: Iterable[_Record], limit: int | None = None) -> tuple[list[SpoolEntry], list[_Record]]:
-        """Up to ``limit`` readable entries of ``recs``, and the damaged records met on the way.
+    def _read_many(
+        self, recs: Iterable[_Record], limit: int | None = None, max_bytes: int | None = None
+    ) -> tuple[list[SpoolEntry], list[_Record]]:
+        """Readable entries of ``recs`` within ``limit`` and ``max_bytes``, and the damaged records met.
 
-        An I/O error stops early (and is counted): the unread records stay pending for a later try.
+        The first entry is returned whatever its size. A compressed record's payload size is known
+        only once read: one that would pass ``max_bytes`` is read, then left for the next call. An
+        I/O error stops early (and is counted): the unread records stay pending for a later try.
         """
         out: list[SpoolEntry] = []
         damaged: list[_Record] = []
         files: dict[_Segment, BinaryIO] = {}
+        handed = 0
+        room = max_bytes if max_bytes is not None else float("inf")
         try:
             for rec in recs:
-                if limit is not None and len(out) >= limit:
-                    break
+                if (limit is not None and len(out) >= limit) or (out and handed + rec.size - HEADER_SIZE > room):
+                    break  # the stored size is a lower bound of the payload's: no need to read it
                 entry = self._read(rec, files)
                 if entry is None:
                     damaged.append(rec)
-                else:
-                    out.append(entry)
+                    continue
+                if out and handed + len(entry.payload) > room:
+                    break
+                handed += len(entry.payload)
+                out.append(entry)
         except OSError as exc:
             self._io_error("read", exc)
         finally:
