@@ -7,7 +7,6 @@ validation (no tracer, a full queue, a failing store) is counted, never raised i
 from __future__ import annotations
 
 import math
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ from agentemit import semconv
 from agentemit.emit.encoding import flatten_attributes, object_attributes
 from agentemit.emit.events import register_builtin_type
 from agentemit.emit.no_tracer import count_no_tracer
+from agentemit.emit.stacktrace import format_stacktrace
 from agentemit.tracing.context import CURRENT
 
 _float = float
@@ -144,7 +144,7 @@ def exception_attributes(exception: BaseException, escaped: bool = False) -> dic
 
 
 class DeferredStacktrace:
-    """An exception's stack trace, formatted later on the pipeline's worker (formatting costs ~30 µs).
+    """An exception's stack trace, formatted later on the pipeline's worker (see ``emit/stacktrace.py``).
 
     Holds the traceback object as it is at emit time: as an exception propagates, Python links new
     frames in front of that object, never into it, so formatting it later gives the emit-time stack.
@@ -158,7 +158,7 @@ class DeferredStacktrace:
 
     def format(self) -> str:
         try:
-            return "".join(traceback.format_exception(type(self.exception), self.exception, self.traceback))
+            return format_stacktrace(self.exception, self.traceback)
         except Exception as exc:  # a broken __str__ or frame must not cost the event
             return f"<stack trace unavailable: {type(exc).__name__}>"
 
