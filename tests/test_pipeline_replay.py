@@ -17,6 +17,7 @@ import pytest
 from _pipeline_child import RecordingSink, rollout
 from agentemit import emit_message
 from agentemit.emit.readers import get_message_value
+from agentemit.pipeline import replay
 from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.pipeline import Pipeline
 from agentemit.pipeline.replay import replay_budget
@@ -109,6 +110,13 @@ def test_replay_hands_out_at_most_its_byte_budget_at_once(tmp_path: Path, pipeli
     assert snap["in_spool"] == 0 and unaccounted(snap) == 0
 
 
+@pytest.fixture
+def small_replay_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay exports of batch_size events, as in production, would be 1,000: shrink them to see records cut."""
+    monkeypatch.setattr(replay, "REPLAY_BATCH", 10)
+
+
+@pytest.mark.usefixtures("small_replay_batches")
 def test_a_spilled_record_is_delivered_in_batches_of_batch_size(tmp_path: Path, pipelines: list[Pipeline]) -> None:
     sink = RecordingSink()
     p = make(pipelines, sink, tmp_path, batch_size=10, max_queue_size=10)
@@ -119,11 +127,20 @@ def test_a_spilled_record_is_delivered_in_batches_of_batch_size(tmp_path: Path, 
     assert max(sink.batch_sizes) <= 10
 
 
+def test_a_backlog_is_replayed_in_exports_larger_than_batch_size(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+    sink = RecordingSink()
+    p = make(pipelines, sink, tmp_path, batch_size=10, max_queue_size=10)
+    emit_rounds(p, 1, 200)
+    assert p.force_flush(5.0, drain_spool=True).completed
+    assert len(sink.spans) == 200 and max(sink.batch_sizes) > 10  # a sink pays per export: drain in bulk
+
+
 def drop_every_seventh(span: Span) -> Span | None:
     body = get_message_value(span) or ""
     return None if int(body.split("-")[1].split()[0]) % 7 == 0 else span
 
 
+@pytest.mark.usefixtures("small_replay_batches")
 def test_a_record_interrupted_by_a_sink_failure_resumes_after_what_was_delivered(
     tmp_path: Path, pipelines: list[Pipeline]
 ) -> None:

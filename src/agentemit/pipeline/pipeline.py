@@ -43,7 +43,14 @@ from agentemit.pipeline import spill_format
 from agentemit.pipeline.builder import build_span
 from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
 from agentemit.pipeline.lanes import QUEUE_SHARE, Lanes
-from agentemit.pipeline.replay import DropCounter, RecordProgress, Replayer, replay_budget, spool_record_bytes
+from agentemit.pipeline.replay import (
+    DropCounter,
+    RecordProgress,
+    Replayer,
+    replay_batch,
+    replay_budget,
+    spool_record_bytes,
+)
 from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
 from agentemit.pipeline.sink import ExportResult, Sink
 from agentemit.pipeline.spool import Spool, SpoolEntry, SpoolLockedError
@@ -140,7 +147,7 @@ class Pipeline:
             deliver=self._redeliver,
             settle=self._settle_spooled,
             drop=self.stats.drop,
-            batch_size=self._batch_size,
+            batch_size=replay_batch(self.config),
             max_bytes=replay_budget(self.config),
         )
         self._wake = threading.Event()
