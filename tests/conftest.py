@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentemit import OtelTracer, PipelineConfig
+from agentemit.pipeline.pipeline import Pipeline
 from agentemit.stores import SqliteStore
 
 ALLOW_ERRORS = "allow_agentemit_errors"
@@ -113,3 +114,12 @@ def sqlite_tracer(tmp_path: Path, tmp_spool: PipelineConfig) -> Iterator[OtelTra
             tracer.teardown_worker()
         finally:
             store.close()
+
+
+@pytest.fixture
+def pipelines() -> Iterator[list[Pipeline]]:
+    """Pipelines a test made; shut down afterwards so no worker outlives its test."""
+    made: list[Pipeline] = []
+    yield made
+    for p in made:
+        p.shutdown(5.0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,6 @@ from agentemit.stores.sqlite import SqliteStore
 THREADS = 8
 ROLLOUTS_PER_THREAD = 12
 EMITS_PER_ROLLOUT = 60
-
-
-@pytest.fixture
-def pipelines() -> Iterator[list[Pipeline]]:
-    made: list[Pipeline] = []
-    yield made
-    for p in made:
-        p.shutdown(5.0)
 
 
 def test_every_loss_reason_of_the_spec_has_a_drop_reason() -> None:

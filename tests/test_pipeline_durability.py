@@ -16,7 +16,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,6 @@ from agentemit.stores.sqlite import SqliteStore
 
 CHILD = Path(__file__).with_name("_pipeline_child.py")
 _SPOOL_RECORD = struct.Struct("<4sB3xQII")  # the spool's record header (see pipeline/spool.py)
-
-
-@pytest.fixture
-def pipelines() -> Iterator[list[Pipeline]]:
-    """Pipelines a test made; shut down afterwards so no worker outlives its test."""
-    made: list[Pipeline] = []
-    yield made
-    for p in made:
-        p.shutdown(5.0)
 
 
 def config(root: Path, **settings: Any) -> PipelineConfig:

@@ -6,7 +6,6 @@ Time and CPU readings are injected (a fake clock, a fake CPU-seconds function); 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,6 @@ from agentemit.tracing.otel import OtelTracer
 
 MB = 1024 * 1024
 LOW_KINDS = {"message", "object", "otel"}
-
-
-@pytest.fixture
-def pipelines() -> Iterator[list[Pipeline]]:
-    """Pipelines a test made; shut down afterwards so no worker outlives its test."""
-    made: list[Pipeline] = []
-    yield made
-    for p in made:
-        p.shutdown(5.0)
 
 
 def make(made: list[Pipeline], sink: Any, tmp_path: Path, *, start: bool = False, **settings: Any) -> Pipeline:

@@ -8,7 +8,7 @@ worker pass on the caller's thread), so nothing waits on a thread or a clock.
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,6 @@ from agentemit.span import Span
 
 FILLER = "observation " * 16  # ~200 characters, like the overload benchmark's messages
 SMALL_THRESHOLD = 4 << 20  # a replay budget of ~205 KiB
-
-
-@pytest.fixture
-def pipelines() -> Iterator[list[Pipeline]]:
-    made: list[Pipeline] = []
-    yield made
-    for p in made:
-        p.shutdown(5.0)
 
 
 def make(made: list[Pipeline], sink: Any, tmp_path: Path, *, spool: Spool | None = None, **settings: Any) -> Pipeline:

@@ -31,15 +31,6 @@ MB = 1024 * 1024
 
 
 @pytest.fixture
-def pipelines() -> Iterator[list[Pipeline]]:
-    """Pipelines a test made; shut down afterwards so no worker outlives its test."""
-    made: list[Pipeline] = []
-    yield made
-    for p in made:
-        p.shutdown(5.0)
-
-
-@pytest.fixture
 def gate() -> Iterator[threading.Event]:
     """An Event a blocking sink waits on; always released at the end of the test."""
     event = threading.Event()
