@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,8 +14,12 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from _otlp_receiver import OtlpReceiver, attributes
-from agentemit import semconv
+from _pipeline_child import rollout
+from agentemit import emit_message, semconv
+from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.otlp import OtlpHttpSink, parse_retry_after, spans_to_otlp, spans_to_otlp_via_sdk
+from agentemit.pipeline.pipeline import Pipeline
+from agentemit.pipeline.stats import unaccounted
 from agentemit.span import Attributes, Span, SpanEvent
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -255,3 +260,19 @@ def test_official_otlp_exporter_delivers_to_the_test_receiver(receiver: OtlpRece
         exporter.shutdown()  # type: ignore[no-untyped-call]
     assert sorted(receiver.span_ids) == sorted(s.span_id for s in spans)
     assert {attributes(pb)[semconv.ROLLOUT_ID] for pb in receiver.spans} == {"rollout-7"}
+
+
+def test_spans_a_collector_rejects_in_an_accepted_batch_are_counted_invalid_not_exported(
+    receiver: OtlpReceiver, tmp_path: Path, pipelines: list[Pipeline]
+) -> None:
+    receiver.reject_next_spans(2)
+    config = PipelineConfig(spool_dir=tmp_path / "spool", adaptive_sampling=False, redact=False)
+    p = Pipeline(OtlpHttpSink(receiver.url), config, start=False)
+    pipelines.append(p)
+    with rollout(p, "r"):
+        for i in range(5):
+            emit_message(f"m{i}")
+    assert p.force_flush(5.0).completed
+    snap = p.stats_snapshot()
+    assert snap["exported"] == 3 and snap["dropped"] == {"invalid": 2}
+    assert unaccounted(snap) == 0

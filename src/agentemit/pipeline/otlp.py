@@ -215,7 +215,8 @@ def _result_for(response: httpx.Response, count: int, where: str) -> ExportResul
         rejected, message = _partial_success(response)
         if rejected:
             error = f"{where}: collector rejected {rejected} of {count} spans: {message or 'no reason given'}"
-            return ExportResult(ok=True, retryable=False, error=error, stored=max(0, count - rejected))
+            accepted = max(0, count - rejected)
+            return ExportResult(ok=True, retryable=False, error=error, stored=accepted, rejected=count - accepted)
         return ExportResult.success(count)
     error = f"{where}: HTTP {status}{_body_snippet(response)}"
     if status in RETRYABLE_STATUSES:

@@ -420,11 +420,22 @@ class Pipeline:
         once, not now. Callers count what was taken as exported.
         """
         refused: list[tuple[Span, ExportResult]] = []
-        taken = self._export_split(spans, replaying, refused)
+        partial: list[ExportResult] = []
+        taken = self._export_split(spans, replaying, refused, partial)
         if taken is not None or not replaying:
             for span, result in refused:
                 self._count_refused(span, result, drop)
+            for result in partial:
+                self._count_partial(result, drop)
         return taken
+
+    def _count_partial(self, result: ExportResult, drop: DropCounter | None) -> None:
+        """Count the spans a receiver refused inside a batch it accepted (it does not say which)."""
+        if drop is None:
+            self.stats.drop(DropReason.INVALID, result.rejected, detail=result.error)
+        else:
+            drop(DropReason.INVALID, result.rejected)
+            logger.warning("agentemit: %s", result.error)
 
     def _count_refused(self, span: Span, result: ExportResult, drop: DropCounter | None) -> None:
         """Count a span the sink refused alone, on ``drop`` (a replayed record's tally) or the stats."""
@@ -439,8 +450,15 @@ class Pipeline:
             drop(DropReason.OVERSIZE)
             logger.warning("agentemit: dropped as oversize: %s", detail)
 
-    def _export_split(self, spans: list[Span], replaying: bool, refused: list[tuple[Span, ExportResult]]) -> int | None:
-        """:meth:`_deliver` without the counting of refusals, which it collects in ``refused``."""
+    def _export_split(
+        self,
+        spans: list[Span],
+        replaying: bool,
+        refused: list[tuple[Span, ExportResult]],
+        partial: list[ExportResult],
+    ) -> int | None:
+        """:meth:`_deliver` without the counting of refusals, which it collects in ``refused`` (spans
+        refused alone) and ``partial`` (accepted batches with some spans rejected)."""
         if not spans:
             return 0
         if not self._sink_healthy and not replaying and self.clock() < self._next_probe:
@@ -456,13 +474,15 @@ class Pipeline:
         self.stats.add("batches")
         if result.ok:
             self._sink_healthy = True
-            return len(spans)
+            if result.rejected:
+                partial.append(result)
+            return len(spans) - result.rejected
         self.stats.add("export_failed")
         if not result.retryable:
             if len(spans) > 1:  # isolate the bad or oversize span(s): one never poisons a batch
                 middle = len(spans) // 2
-                left = self._export_split(spans[:middle], replaying, refused)
-                right = self._export_split(spans[middle:], replaying, refused)
+                left = self._export_split(spans[:middle], replaying, refused, partial)
+                right = self._export_split(spans[middle:], replaying, refused, partial)
                 if replaying and (left is None or right is None):
                     return None  # the record stays in the spool; what was taken is counted on its re-replay
                 return (left or 0) + (right or 0)

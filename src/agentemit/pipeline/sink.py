@@ -21,7 +21,9 @@ class ExportResult:
     ``retryable`` is False for a batch the receiver refused as invalid: sending it again cannot help.
     ``too_large`` (never retryable) says the receiver refused it for its size (HTTP 413): the pipeline
     splits the batch, and a span refused alone is dropped as ``oversize`` rather than ``invalid``.
-    ``retry_after`` carries a server's Retry-After (seconds) when it gave one.
+    ``retry_after`` carries a server's Retry-After (seconds) when it gave one. ``rejected`` counts the
+    spans of an accepted batch the receiver still refused (OTLP partial success; it does not say which):
+    the pipeline counts them as ``invalid``, not exported.
     """
 
     ok: bool
@@ -30,6 +32,7 @@ class ExportResult:
     error: str | None = None
     stored: int = 0  # spans newly stored (duplicates of already stored spans are not counted)
     too_large: bool = False
+    rejected: int = 0
 
     @classmethod
     def success(cls, stored: int = 0) -> ExportResult:
