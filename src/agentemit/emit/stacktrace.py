@@ -6,8 +6,8 @@ exception span cost the pipeline's worker (or its spill thread) as much as a hun
 This formatter writes the same lines without those markers: the ``Traceback (most recent call last):``
 header, one ``File ..., line ..., in ...`` line plus the stripped source line per frame, repeated
 frames collapsed as Python does, chained causes and contexts with Python's separator sentences, and
-the final ``Type: message`` lines from ``traceback.format_exception_only`` (which handles syntax
-errors, notes and a broken ``__str__``). Exception groups, rare and nested, go to ``traceback``.
+the final ``Type: message`` line (a broken ``__str__`` written as Python writes it). Syntax errors,
+exceptions with notes and exception groups, rare, go to ``traceback`` for their last lines or whole.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import linecache
 import traceback
+from collections.abc import Callable
 from types import TracebackType
 
 _CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
@@ -57,8 +58,28 @@ def _format_one(exception: BaseException, tb: TracebackType | None) -> str:
     if tb is not None:
         lines.append("Traceback (most recent call last):\n")
         _append_frames(lines, tb)
-    lines.extend(traceback.format_exception_only(type(exception), exception))
+    if isinstance(exception, SyntaxError) or getattr(exception, "__notes__", None) is not None:
+        # A syntax error draws its offending line; notes vary across Python versions: traceback knows.
+        lines.extend(traceback.format_exception_only(type(exception), exception))
+    else:
+        lines.append(_final_line(exception))
     return "".join(lines)
+
+
+def _final_line(exception: BaseException) -> str:
+    """``Type: message``, as ``traceback.format_exception_only`` writes it (which builds a whole
+    ``TracebackException``, chain included, for this one line)."""
+    cls = type(exception)
+    name = cls.__qualname__ if cls.__module__ in ("__main__", "builtins") else f"{cls.__module__}.{cls.__qualname__}"
+    message = _safe_text(exception, str, "exception")
+    return f"{name}: {message}\n" if message else f"{name}\n"
+
+
+def _safe_text(value: object, render: Callable[[object], str], what: str) -> str:
+    try:
+        return render(value)
+    except Exception:
+        return f"<{what} {render.__name__}() failed>"
 
 
 def _append_frames(lines: list[str], tb: TracebackType | None) -> None:
