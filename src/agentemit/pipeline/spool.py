@@ -302,14 +302,15 @@ class Spool:
             refused = len(payloads) - written
             self._stats.appended += written
             self._stats.refused += refused
-            if refused:
+            too_large = too_large and written == len(stored)  # the caller splits it: not a refusal to log
+            if refused and not too_large:
                 self._warn(
                     "refused", "spool %s: refused %d record(s) at priority %d", self.directory, refused, priority
                 )
         if self._on_evict is not None:  # outside the lock, so the callback may use the spool
             for entry in lost:
                 self._on_evict(entry)
-        return AppendResult(written, refused, evicted, error or write_error, too_large and written == len(stored))
+        return AppendResult(written, refused, evicted, error or write_error, too_large)
 
     def replay(self, limit: int | None = None, *, max_bytes: int | None = None) -> list[SpoolEntry]:
         """The oldest unacknowledged records, in append order, up to ``limit`` records and ``max_bytes``.
