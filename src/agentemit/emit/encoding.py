@@ -110,8 +110,6 @@ def _native_json(obj: Any) -> str | None:
 
     NaN and infinities inside containers come out as ``null`` here, as JSON has no spelling for them.
     """
-    if type(obj) not in _NATIVE_CONTAINERS:  # a dataclass or model is read field by field, by the walker
-        return None
     try:
         text = orjson.dumps(obj, option=_NATIVE_JSON_OPTIONS).decode("utf-8")
     except Exception:
@@ -137,10 +135,11 @@ def bounded_repr(value: Any) -> str:
 def object_attributes(obj: Any) -> dict[str, AttributeValue]:
     """Attributes of an object event: type, then a literal, JSON, or (marked) bounded repr."""
     cls = type(obj)
-    if cls in _NATIVE_CONTAINERS:  # the usual payload (a dict, list or tuple): straight to orjson
+    if cls in _NATIVE_CONTAINERS:  # the usual payload: straight to orjson (a dataclass or model, even a
+        # dict subclass, is read field by field by the walker below)
         text = _native_json(obj)
-        if text is not None and len(text) <= MAX_JSON_BYTES:
-            return {semconv.OBJECT_TYPE: cls.__qualname__, semconv.OBJECT_JSON: text}
+        if text is not None:
+            return _with_json({semconv.OBJECT_TYPE: cls.__qualname__}, text, truncated=False)
     attrs: dict[str, AttributeValue] = {semconv.OBJECT_TYPE: _type_name(obj)}
     if obj is None:
         attrs[semconv.OBJECT_JSON] = "null"
@@ -163,22 +162,25 @@ def object_attributes(obj: Any) -> dict[str, AttributeValue]:
         attrs[semconv.OBJECT_LITERAL] = base64.b64encode(data).decode("ascii")
         attrs[semconv.OBJECT_BYTES_ENCODING] = "base64"
         return attrs
-    marker = _Truncated()
+    marker = _Truncated()  # what orjson refused natively (above) goes through the bounded walker
     try:
-        text = _native_json(obj)
-        if text is None:
-            text = orjson.dumps(to_jsonable(obj, marker)).decode("utf-8")
+        text = orjson.dumps(to_jsonable(obj, marker)).decode("utf-8")
     except Exception:  # whatever the object raises while being read, it is stored as a repr, never raised
         attrs[semconv.OBJECT_REPR] = bounded_repr(obj)
         attrs[semconv.OBJECT_UNSERIALIZABLE] = True
         return attrs
+    return _with_json(attrs, text, truncated=marker.hit)
+
+
+def _with_json(attrs: dict[str, AttributeValue], text: str, *, truncated: bool) -> dict[str, AttributeValue]:
+    """``attrs`` plus the object's JSON, cut at :data:`MAX_JSON_BYTES` (and kept as text: cut JSON is
+    not JSON), marked truncated when cut here or by the walker."""
     if len(text) > MAX_JSON_BYTES:
-        text = text[:MAX_JSON_BYTES]
-        marker.hit = True
-        attrs[semconv.OBJECT_REPR] = text + semconv.TRUNCATED_SUFFIX  # cut JSON is not JSON: keep as text
+        attrs[semconv.OBJECT_REPR] = text[:MAX_JSON_BYTES] + semconv.TRUNCATED_SUFFIX
+        truncated = True
     else:
         attrs[semconv.OBJECT_JSON] = text
-    if marker.hit:
+    if truncated:
         attrs[semconv.OBJECT_TRUNCATED] = True
     return attrs
 

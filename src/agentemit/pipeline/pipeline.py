@@ -64,6 +64,7 @@ Stage = Callable[[Span], "Span | None"]
 _SPILL_CHUNK = 2000  # records the spill thread takes at a time: one spool append, one fsync
 _HIGH = HIGH_PRIORITY_KINDS
 _Item = TypeVar("_Item", RawRecord, Span)  # what a spool record holds: raw records or built spans
+Loss = tuple[DropReason, int, str]  # (reason, events, what to log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,46 +420,29 @@ class Pipeline:
         returns None leaves its spool record to be replayed whole, so its refusals are counted then,
         once, not now. Callers count what was taken as exported.
         """
-        refused: list[tuple[Span, ExportResult]] = []
-        partial: list[ExportResult] = []
-        taken = self._export_split(spans, replaying, refused, partial)
+        losses: list[Loss] = []
+        taken = self._export_split(spans, replaying, losses)
         if taken is not None or not replaying:
-            for span, result in refused:
-                self._count_refused(span, result, drop)
-            for result in partial:
-                self._count_partial(result, drop)
+            for reason, count, detail in losses:
+                self._count_loss(reason, count, detail, drop)
         return taken
 
-    def _count_partial(self, result: ExportResult, drop: DropCounter | None) -> None:
-        """Count the spans a receiver refused inside a batch it accepted (it does not say which)."""
+    def _count_loss(self, reason: DropReason, count: int, detail: str, drop: DropCounter | None) -> None:
+        """Count on the stats (their loss log is rate-limited) or on ``drop``, a replayed record's tally
+        that is committed when the record settles (logged here, as the stats would)."""
         if drop is None:
-            self.stats.drop(DropReason.INVALID, result.rejected, detail=result.error)
+            self.stats.drop(reason, count, detail=detail)
         else:
-            drop(DropReason.INVALID, result.rejected)
-            logger.warning("agentemit: %s", result.error)
-
-    def _count_refused(self, span: Span, result: ExportResult, drop: DropCounter | None) -> None:
-        """Count a span the sink refused alone, on ``drop`` (a replayed record's tally) or the stats."""
-        if not result.too_large:
-            (self.stats.drop if drop is None else drop)(DropReason.INVALID)
-            logger.warning("agentemit: sink refused span %s (%s): %s", span.span_id, span.name, result.error)
-            return
-        detail = f"{_describe(span)} ({_encoded_size(span)} encoded), refused alone by the sink: {result.error}"
-        if drop is None:
-            self.stats.drop(DropReason.OVERSIZE, detail=detail)
-        else:
-            drop(DropReason.OVERSIZE)
-            logger.warning("agentemit: dropped as oversize: %s", detail)
+            drop(reason, count)
+            logger.warning("agentemit: %d event(s) dropped as %s: %s", count, reason.value, detail)
 
     def _export_split(
         self,
         spans: list[Span],
         replaying: bool,
-        refused: list[tuple[Span, ExportResult]],
-        partial: list[ExportResult],
+        losses: list[Loss],
     ) -> int | None:
-        """:meth:`_deliver` without the counting of refusals, which it collects in ``refused`` (spans
-        refused alone) and ``partial`` (accepted batches with some spans rejected)."""
+        """:meth:`_deliver` without the counting: what the sink refused for good goes to ``losses``."""
         if not spans:
             return 0
         if not self._sink_healthy and not replaying and self.clock() < self._next_probe:
@@ -474,19 +458,19 @@ class Pipeline:
         self.stats.add("batches")
         if result.ok:
             self._sink_healthy = True
-            if result.rejected:
-                partial.append(result)
+            if result.rejected:  # accepted, with some spans refused (the receiver does not say which)
+                losses.append((DropReason.INVALID, result.rejected, result.error or "rejected by the sink"))
             return len(spans) - result.rejected
         self.stats.add("export_failed")
         if not result.retryable:
             if len(spans) > 1:  # isolate the bad or oversize span(s): one never poisons a batch
                 middle = len(spans) // 2
-                left = self._export_split(spans[:middle], replaying, refused, partial)
-                right = self._export_split(spans[middle:], replaying, refused, partial)
+                left = self._export_split(spans[:middle], replaying, losses)
+                right = self._export_split(spans[middle:], replaying, losses)
                 if replaying and (left is None or right is None):
                     return None  # the record stays in the spool; what was taken is counted on its re-replay
                 return (left or 0) + (right or 0)
-            refused.append((spans[0], result))
+            losses.append(_refusal(spans[0], result))
             return 0  # refused for good: counted by _deliver, nothing to retry
         self._sink_healthy = False
         self._next_probe = self.clock() + min(self.config.retry_max_delay, self.config.flush_interval)
@@ -896,6 +880,14 @@ def _describe(item: RawRecord | Span) -> str:
     if isinstance(item, Span):
         return f"{item.name} span {item.span_id}"
     return f"{item[0]} event"
+
+
+def _refusal(span: Span, result: ExportResult) -> Loss:
+    """How to count a span the sink refused alone: ``oversize`` when refused for its size."""
+    if result.too_large:
+        detail = f"{_describe(span)} ({_encoded_size(span)} encoded), refused alone by the sink: {result.error}"
+        return DropReason.OVERSIZE, 1, detail
+    return DropReason.INVALID, 1, f"{_describe(span)} refused by the sink: {result.error}"
 
 
 def _encoded_size(span: Span) -> str:
