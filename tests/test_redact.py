@@ -671,3 +671,18 @@ def test_the_caches_stay_bounded_however_many_distinct_keys_and_texts_pass() -> 
     assert len(redactor._key_plans) <= 4096 and len(redactor._key_tiers) <= 4096
     assert len(redactor._clean_texts) <= 4096
     assert redactor(make_span({"key.1": f"{OPENAI_KEY}"})).attributes["key.1"] == MASK
+
+
+def test_a_shared_resource_dict_with_a_value_changed_in_place_is_checked_again() -> None:
+    # The redactor remembers the last resource it found clean; mutating that same dict must not let
+    # a secret through on a later span.
+    redactor = Redactor()
+    resource: dict[str, AttributeValue] = {"service.name": "svc", "host": "worker-1"}
+    first = make_span({"a": "b"})
+    first.resource = resource
+    assert redactor(first) is first
+    resource["host"] = f"token {OPENAI_KEY}"
+    second = make_span({"a": "b"})
+    second.resource = resource
+    out = redactor(second)
+    assert OPENAI_KEY not in str(out.resource["host"])

@@ -219,6 +219,19 @@ def test_an_invalid_span_refuses_the_whole_batch_naming_span_and_field(
     assert [s.rollout_id for s in store.list_rollouts()] == ["r1"]
 
 
+def test_a_bad_resource_after_a_shared_good_one_still_refuses_the_batch(store: Store) -> None:
+    # Spans of one pipeline share a resource dict, which validation checks once per batch; a span
+    # with another resource must still be checked.
+    shared = {"service.name": "svc", "process.pid": 7}
+    good = [dataclasses.replace(make_span(i), resource=shared) for i in range(3)]
+    bad = dataclasses.replace(make_span(3, span_id="bad-span"), resource={"service.name": object()})
+    with pytest.raises(ValueError, match=r"'bad-span'.*resource"):
+        store.add_many_spans([*good, bad])
+    assert store.query_spans("r1") == []
+    store.add_many_spans(good)
+    assert [s.resource for s in store.query_spans("r1")] == [shared] * 3
+
+
 def test_a_batch_item_that_is_not_a_span_is_refused_by_position(store: Store) -> None:
     with pytest.raises(ValueError, match="batch item 1 is dict"):
         store.add_many_spans([make_span(0), {"span_id": "x"}])  # type: ignore[list-item]

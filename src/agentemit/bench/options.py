@@ -19,7 +19,7 @@ class Options:
     repeats: int = 5
     events: int = 200_000  # producer events per end-to-end run (SQLite, OTLP)
     micro_calls: int = 1_000  # calls per timed batch
-    micro_batches: int = 100  # batches per repeat; kept below the queue's capacity so emits never overflow
+    micro_batches: int = 100  # batches per repeat; the queue is drained (untimed) before each
     overload_seconds: float = 10.0
     overload_threshold: int = 50 << 20  # memory_threshold of the overload runs (bytes)
     overload_slowdown: float = 10.0  # the slow sink's capacity is the producer's rate divided by this

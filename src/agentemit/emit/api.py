@@ -18,6 +18,9 @@ from agentemit.emit.stacktrace import format_stacktrace
 from agentemit.tracing.context import CURRENT
 
 _float = float
+_isfinite = math.isfinite
+_PRIMARY_NAME_KEY = semconv.reward_name_key(0)
+_PRIMARY_VALUE_KEY = semconv.reward_value_key(0)
 
 
 def _check_attributes(where: str, attributes: Any) -> None:
@@ -73,6 +76,12 @@ def _reward_number(value: Any, what: str) -> float:
 
 def reward_attributes(reward: float | Mapping[str, float], primary_key: str | None = None) -> dict[str, Any]:
     """Validated reward attributes: ``reward`` holds the primary, dimensions follow, primary first."""
+    if type(reward) is float and primary_key is None and _isfinite(reward):  # the usual call, before
+        return {  # isinstance(reward, Mapping), an ABC check that costs more than all the rest
+            semconv.REWARD_LEGACY: reward,
+            _PRIMARY_NAME_KEY: semconv.PRIMARY_REWARD_NAME,
+            _PRIMARY_VALUE_KEY: reward,
+        }
     if isinstance(reward, Mapping):
         if not reward:
             raise ValueError("emit_reward: reward mapping is empty; give at least one dimension")
@@ -101,8 +110,8 @@ def reward_attributes(reward: float | Mapping[str, float], primary_key: str | No
     value = _reward_number(reward, "reward")
     return {
         semconv.REWARD_LEGACY: value,
-        "agentlightning.reward.0.name": semconv.PRIMARY_REWARD_NAME,
-        "agentlightning.reward.0.value": value,
+        _PRIMARY_NAME_KEY: semconv.PRIMARY_REWARD_NAME,
+        _PRIMARY_VALUE_KEY: value,
     }
 
 

@@ -115,8 +115,12 @@ def _native_json(obj: Any) -> str | None:
     except Exception:
         return None
     # Conservative bounds, counted in C: no more brackets than MAX_DEPTH means no deeper nesting, fewer
-    # commas than MAX_ITEMS means no longer container. Otherwise the walker cuts and marks it.
-    if text.count("[") + text.count("{") > MAX_DEPTH or text.count(",") >= MAX_ITEMS:
+    # commas than MAX_ITEMS means no longer container. Otherwise the walker cuts and marks it. A text
+    # too short to break a bound is not counted (every bracket is closed, so at most half are opening).
+    size = len(text)
+    if size > 2 * MAX_DEPTH and text.count("[") + text.count("{") > MAX_DEPTH:
+        return None
+    if size >= MAX_ITEMS and text.count(",") >= MAX_ITEMS:
         return None
     return text
 

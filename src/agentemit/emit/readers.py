@@ -96,9 +96,13 @@ def get_reward_value(span: SpanLike) -> float | None:
         number = _as_reward_number(attrs.get(semconv.REWARD_LEGACY))
         if number is not None:
             return number
-    number = _as_reward_number(attrs.get(_PRIMARY_VALUE_KEY))
-    if number is not None:
-        return number
+    value = attrs.get(_PRIMARY_VALUE_KEY)
+    if value is not None:
+        number = _as_reward_number(value)
+        if number is not None:
+            return number
+    if semconv.AGENTOPS_TASK_OUTPUT not in attrs and semconv.AGENTOPS_ENTITY_OUTPUT not in attrs:
+        return None  # the common case (every stored span is read here): no function calls
     return _agentops_reward(attrs)
 
 

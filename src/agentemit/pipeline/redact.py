@@ -210,6 +210,9 @@ class Redactor:
         self._key_plans: dict[str, int] = {}
         self._clean_texts: dict[str, None] = {}  # an insertion-ordered set; values are all None
         self._description_checked = self._key_tier(STATUS_DESCRIPTION_KEY) == KEEP
+        # Every span of a pipeline shares one resource dict: the last one found clean, and a copy
+        # of it, so a shared resource is compared in C instead of walked again for every span.
+        self._clean_resource: tuple[Mapping[str, AttributeValue], dict[str, AttributeValue]] | None = None
 
     # --- public -------------------------------------------------------------------------------
 
@@ -247,13 +250,23 @@ class Redactor:
         """
         if not self._clean(span.attributes):
             return False
-        if span.resource and not self._clean(span.resource):
+        resource = span.resource
+        if resource and not self._resource_clean(resource):
             return False
         for event in span.events:
             if event.attributes and not self._clean(event.attributes):
                 return False
         description = span.status_description
         return description is None or (self._description_checked and self._clean_text(description))
+
+    def _resource_clean(self, resource: Mapping[str, AttributeValue]) -> bool:
+        last = self._clean_resource
+        if last is not None and last[0] is resource and resource == last[1]:  # same dict, unchanged
+            return True
+        if not self._clean(resource):
+            return False
+        self._clean_resource = (resource, dict(resource))
+        return True
 
     def _clean(self, attrs: Mapping[str, AttributeValue]) -> bool:
         plans, texts = self._key_plans, self._clean_texts

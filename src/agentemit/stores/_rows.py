@@ -88,8 +88,12 @@ def _text_ok(span: Span) -> bool:
     )
 
 
-def _field_problem(span: Span) -> tuple[str, str] | None:
-    """The first invalid field of ``span`` and what is wrong with it, or None."""
+def _field_problem(span: Span, checked_resource: object = None) -> tuple[str, str] | None:
+    """The first invalid field of ``span`` and what is wrong with it, or None.
+
+    ``checked_resource`` is a resource dict already found valid in this batch (spans of one
+    pipeline share theirs), so it is not walked again.
+    """
     if not _text_ok(span):
         for name in _NONEMPTY_TEXT + _TEXT:
             value = getattr(span, name)
@@ -113,7 +117,7 @@ def _field_problem(span: Span) -> tuple[str, str] | None:
         return "status", f"is {span.status!r}; expected one of UNSET, OK, ERROR"
     if span.status_description is not None and not isinstance(span.status_description, str):
         return "status_description", f"is {type(span.status_description).__name__}; expected None or a str"
-    return _attributes_problem(span)
+    return _attributes_problem(span, checked_resource)
 
 
 def _bad_attribute(attrs: object) -> str | None:
@@ -139,11 +143,14 @@ def _bad_attribute(attrs: object) -> str | None:
     return None
 
 
-def _attributes_problem(span: Span) -> tuple[str, str] | None:
-    for name in ("attributes", "resource"):
-        problem = _bad_attribute(getattr(span, name))
+def _attributes_problem(span: Span, checked_resource: object = None) -> tuple[str, str] | None:
+    problem = _bad_attribute(span.attributes)
+    if problem is not None:
+        return "attributes", problem
+    if span.resource is not checked_resource:
+        problem = _bad_attribute(span.resource)
         if problem is not None:
-            return name, problem
+            return "resource", problem
     if not isinstance(span.events, list):
         return "events", f"is {type(span.events).__name__}; expected a list of SpanEvent"
     for i, event in enumerate(span.events):
@@ -182,12 +189,14 @@ def _reward(span: Span) -> float | None:
 
 def validate_batch(spans: Sequence[Span], backend: str) -> None:
     """Check every span's fields; raises ``ValueError`` naming the first bad span and field."""
+    checked_resource: object = None
     for index, span in enumerate(spans):
         if not isinstance(span, Span):
             raise ValueError(f"{backend} store: batch item {index} is {type(span).__name__}, not a Span")
-        problem = _field_problem(span)
+        problem = _field_problem(span, checked_resource)
         if problem is not None:
             raise ValueError(f"{backend} store: {_describe(span, index)}: {problem[0]} {problem[1]}")
+        checked_resource = span.resource
 
 
 def encode_row(span: Span, index: int, backend: str) -> SpanRow:

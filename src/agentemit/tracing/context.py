@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
-from opentelemetry.context import get_current as _otel_current_context
+from opentelemetry import context as _otel_context
 from opentelemetry.trace.propagation import _SPAN_KEY
 
 RawRecord = tuple[str, str, int, int, dict[str, Any], str, int, int, int, str, str, Any, int]
@@ -37,6 +37,18 @@ RECORD_OVERHEAD = 700  # a raw record's tuple, attribute dict, ints and short st
 Deliver = Callable[[RawRecord], None]
 
 _time_ns = time.time_ns
+
+
+def _otel_context_getter() -> Callable[[], Any]:
+    """OpenTelemetry's current context. With its default contextvars runtime (the only one it ships),
+    the ContextVar's own ``get``: one C call on the hot path instead of two Python frames."""
+    var = getattr(getattr(_otel_context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    if isinstance(var, ContextVar):
+        return var.get
+    return _otel_context.get_current
+
+
+_otel_current_context = _otel_context_getter()
 
 
 class RolloutContext:
