@@ -12,12 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from _pipeline_child import RecordingSink, rollout
 from agentemit import emit_message
 from agentemit.emit.readers import get_message_value
-from agentemit.pipeline import replay
 from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.pipeline import Pipeline
 from agentemit.pipeline.replay import replay_budget
@@ -102,16 +99,11 @@ def test_replay_hands_out_at_most_its_byte_budget_at_once(tmp_path: Path, pipeli
     assert snap["in_spool"] == 0 and unaccounted(snap) == 0
 
 
-@pytest.fixture
-def small_replay_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Replay exports of batch_size events, as in production, would be 1,000: shrink them to see records cut."""
-    monkeypatch.setattr(replay, "REPLAY_BATCH", 10)
-
-
-@pytest.mark.usefixtures("small_replay_batches")
-def test_a_spilled_record_is_delivered_in_batches_of_batch_size(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+def test_a_spilled_record_is_delivered_in_batches_of_max_export_batch(
+    tmp_path: Path, pipelines: list[Pipeline]
+) -> None:
     sink = RecordingSink()
-    p = make(pipelines, sink, tmp_path, batch_size=10, max_queue_size=10)
+    p = make(pipelines, sink, tmp_path, batch_size=10, max_export_batch=10, max_queue_size=10)
     emit_rounds(p, 1, 200)  # 190-odd messages overflow into one spool record
     assert p.stats_snapshot()["spilled"] > 150
     assert p.force_flush(5.0, drain_spool=True).completed
@@ -132,14 +124,15 @@ def drop_every_seventh(span: Span) -> Span | None:
     return None if int(body.split("-")[1].split()[0]) % 7 == 0 else span
 
 
-@pytest.mark.usefixtures("small_replay_batches")
 def test_a_record_interrupted_by_a_sink_failure_resumes_after_what_was_delivered(
     tmp_path: Path, pipelines: list[Pipeline]
 ) -> None:
     # Export calls: the queue's batch, two batches of the spilled record, then the third fails twice
     # (once in the worker pass, once in the flush's own replay attempt).
     sink = RecordingSink(script=["ok", "ok", "ok", "fail", "fail"])
-    p = make(pipelines, sink, tmp_path, batch_size=10, max_queue_size=10, stages=[drop_every_seventh])
+    p = make(
+        pipelines, sink, tmp_path, batch_size=10, max_export_batch=10, max_queue_size=10, stages=[drop_every_seventh]
+    )
     with rollout(p, "r"):
         for i in range(100):
             emit_message(f"0-{i} {FILLER}")

@@ -63,7 +63,7 @@ def test_with_the_worker_stopped_rewards_and_exceptions_are_drained_first(
     tmp_path: Path, pipelines: list[Pipeline]
 ) -> None:
     sink = RecordingSink()
-    p = make(pipelines, sink, tmp_path, batch_size=4)
+    p = make(pipelines, sink, tmp_path, batch_size=4, max_export_batch=4)
     with rollout(p, "r"):
         for i in range(5):
             emit_message(f"m{i}")
@@ -77,6 +77,16 @@ def test_with_the_worker_stopped_rewards_and_exceptions_are_drained_first(
     assert names[:3] == [semconv.SPAN_REWARD, semconv.SPAN_EXCEPTION, semconv.SPAN_REWARD]
     assert sink.batch_sizes == [4, 4, 2]
     assert sink.bodies() == [f"m{i}" for i in range(6)]  # bulk kinds keep their order
+
+
+def test_a_backlog_is_exported_in_batches_of_up_to_max_export_batch(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+    sink = RecordingSink()
+    p = make(pipelines, sink, tmp_path, batch_size=4, max_export_batch=6)
+    emit_messages(p, 15)
+    assert p.run_once(flush_all=False) == 12  # 15 waiting: 6, then 6 more (9 >= batch_size); 3 wait
+    assert sink.batch_sizes == [6, 6]
+    assert p.run_once() == 3 and sink.batch_sizes == [6, 6, 3]
+    assert sink.bodies() == [f"m{i}" for i in range(15)]
 
 
 def test_a_flood_of_bulk_events_leaves_room_for_rewards(tmp_path: Path, pipelines: list[Pipeline]) -> None:
@@ -189,7 +199,7 @@ def test_a_worker_pass_exports_only_full_batches_unless_told_to_flush(
     tmp_path: Path, pipelines: list[Pipeline]
 ) -> None:
     sink = RecordingSink()
-    p = make(pipelines, sink, tmp_path, batch_size=10)
+    p = make(pipelines, sink, tmp_path, batch_size=10, max_export_batch=10)
     emit_messages(p, 9)
     assert p.run_once(flush_all=False) == 0
     emit_messages(p, 12, prefix="n")

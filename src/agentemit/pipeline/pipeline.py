@@ -47,6 +47,7 @@ from agentemit.pipeline.replay import (
     DropCounter,
     RecordProgress,
     Replayer,
+    export_batch,
     replay_batch,
     replay_budget,
     spool_record_bytes,
@@ -121,6 +122,7 @@ class Pipeline:
         self._spool = spool
         self._owner = os.urandom(8)
         self._batch_size = self.config.batch_size
+        self._export_batch = export_batch(self.config)
         self._shedder = AdaptiveShedder() if self.config.adaptive_sampling else None
         self._cpu = CpuMonitor(clock=clock)
         self._start_threads = start
@@ -349,7 +351,7 @@ class Pipeline:
             while True:
                 if not flush_all and len(self.lanes) < self._batch_size:
                     break
-                records = self.lanes.take(self._batch_size)
+                records = self.lanes.take(self._export_batch)  # a backlog goes in bulk
                 if not records:
                     break
                 self._room.set()

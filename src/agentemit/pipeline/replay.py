@@ -40,16 +40,16 @@ MIN_REPLAY_BYTES = 64 * 1024
 DECODE_HEADROOM = 16
 
 
-# Spans per export while draining the spool. A sink pays per export (an HTTP round trip, a commit), and
-# a backlog is there to be sent in bulk: at batch_size (100) a drain ran ~20% slower end to end over
-# OTLP/HTTP than at the old whole-record exports. A record holds at most spool_record_bytes, so this
-# stays inside the replay budget.
-REPLAY_BATCH = 1_000
-
-
 def replay_batch(config: PipelineConfig) -> int:
-    """Events decoded and delivered at a time while replaying: never fewer than ``batch_size``."""
-    return max(config.batch_size, REPLAY_BATCH)
+    """Events decoded and delivered at a time while replaying: a spool is a backlog, sent in bulk
+    (``max_export_batch``; at ``batch_size`` a drain ran ~20% slower end to end over OTLP/HTTP). A
+    record holds at most ``spool_record_bytes``, so this stays inside the replay budget."""
+    return export_batch(config)
+
+
+def export_batch(config: PipelineConfig) -> int:
+    """Spans per export when a backlog is waiting: ``max_export_batch``, never fewer than ``batch_size``."""
+    return max(config.batch_size, config.max_export_batch)
 
 
 def replay_budget(config: PipelineConfig) -> int:
