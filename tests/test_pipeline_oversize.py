@@ -19,7 +19,7 @@ import pytest
 
 from _otlp_receiver import OtlpReceiver
 from _pipeline_child import FakeClock, StoreBackedSink, rollout, stored_bodies
-from agentemit import emit_message, semconv
+from agentemit import emit_message, emit_object, semconv
 from agentemit.pipeline import stats as stats_module
 from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.failover import FailoverSink
@@ -116,6 +116,28 @@ def test_an_event_bigger_than_the_queue_budget_is_never_queued_under_any_policy(
     assert p.force_flush(5.0).completed
     assert stored_bodies(store) == {"small": 1, fits: 1}
     assert snapshot_of(p)["exported"] == 2
+
+
+@pytest.mark.parametrize(
+    ("obj", "payload"),
+    [
+        ({"text": "j" * 5_000}, '{"text":"' + "j" * 5_000 + '"}'),  # JSON
+        ("s" * 7_000, "s" * 7_000),  # a str literal
+        ({1, 2}, None),  # a set: its JSON (via the walker)
+    ],
+    ids=["json", "literal", "walked"],
+)
+def test_an_object_event_is_accounted_by_the_size_of_its_text(
+    obj: Any, payload: str | None, tmp_path: Path, store: SqliteStore, pipelines: list[Pipeline]
+) -> None:
+    p = make(pipelines, StoreBackedSink(store), tmp_path)
+    with rollout(p, "r"):
+        emit_object(obj)
+        emit_object(obj, attributes={"note": "n" * 3_000})  # user attributes count too
+    text = payload if payload is not None else "[1,2]"
+    own = OVERHEAD + len(text)  # the short strings (the type name) are inside the overhead
+    with_attributes = own + 3_000 + len(type(obj).__qualname__)  # every str value counted
+    assert p.lanes.queued_bytes == own + with_attributes
 
 
 def test_an_oversize_event_at_emit_is_logged_by_the_worker_naming_its_kind_and_size(

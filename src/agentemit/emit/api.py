@@ -216,7 +216,11 @@ def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> Non
     attrs = object_attributes(obj)
     if attributes:
         attrs = _merge_attributes(attrs, attributes)
-    ctx.emit("object", semconv.SPAN_OBJECT, attrs, _text_size(attrs))
+        size = _text_size(attrs)
+    else:  # the object's own text (JSON, repr or a str literal) is the one that can be big
+        payload = attrs.get(semconv.OBJECT_JSON) or attrs.get(semconv.OBJECT_REPR) or attrs.get(semconv.OBJECT_LITERAL)
+        size = len(payload) if type(payload) is str else 0
+    ctx.emit("object", semconv.SPAN_OBJECT, attrs, size)
 
 
 # The built-in kinds are registered event types too (their priority is the pipeline's default lane).
