@@ -25,7 +25,7 @@ _PRIMARY_VALUE_KEY = semconv.reward_value_key(0)
 
 def _check_attributes(where: str, attributes: Any) -> None:
     # Checked before looking for a rollout, so bad input raises whether or not a tracer is active.
-    if attributes is not None and not isinstance(attributes, Mapping):
+    if not isinstance(attributes, Mapping):
         raise TypeError(f"{where}: attributes must be a mapping of str to values, got {type(attributes).__name__}")
 
 
@@ -45,7 +45,8 @@ def emit_message(message: str, *, attributes: Mapping[str, Any] | None = None) -
     """
     if not isinstance(message, str):
         raise TypeError(f"emit_message: message must be str, got {type(message).__name__}")
-    _check_attributes("emit_message", attributes)
+    if attributes is not None:  # checked inline: most calls pass none
+        _check_attributes("emit_message", attributes)
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("message")
@@ -131,7 +132,8 @@ def emit_reward(
         ValueError: a value is NaN or infinite, or ``primary_key`` is missing or unknown.
     """
     attrs = reward_attributes(reward, primary_key)
-    _check_attributes("emit_reward", attributes)
+    if attributes is not None:  # checked inline: most calls pass none
+        _check_attributes("emit_reward", attributes)
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("reward")
@@ -143,13 +145,27 @@ def emit_reward(
 def exception_attributes(exception: BaseException, escaped: bool = False) -> dict[str, Any]:
     """OpenTelemetry exception attributes; the stack trace includes chained causes."""
     cls = type(exception)
-    module = cls.__module__
+    type_name = _TYPE_NAMES.get(cls)
+    if type_name is None:
+        type_name = _type_name(cls)
     return {
-        semconv.EXCEPTION_TYPE: cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}",
+        semconv.EXCEPTION_TYPE: type_name,
         semconv.EXCEPTION_MESSAGE: _exception_message(exception),
         semconv.EXCEPTION_STACKTRACE: DeferredStacktrace(exception),
         semconv.EXCEPTION_ESCAPED: escaped,
     }
+
+
+_TYPE_NAMES: dict[type, str] = {}
+
+
+def _type_name(cls: type) -> str:
+    """``module.Qualname`` (just ``Qualname`` for builtins), remembered per class: an agent raises few."""
+    module = cls.__module__
+    name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+    if len(_TYPE_NAMES) < 1024:  # bounded: classes made on the fly must not grow it for ever
+        _TYPE_NAMES[cls] = name
+    return name
 
 
 class DeferredStacktrace:
@@ -192,7 +208,8 @@ def emit_exception(
     """
     if not isinstance(exception, BaseException):
         raise TypeError(f"emit_exception: exception must be an exception instance, got {type(exception).__name__}")
-    _check_attributes("emit_exception", attributes)
+    if attributes is not None:  # checked inline: most calls pass none
+        _check_attributes("emit_exception", attributes)
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("exception")
@@ -209,7 +226,8 @@ def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> Non
     pydantic models, datetimes, enums, numpy) as JSON; anything else as a bounded ``repr`` with a
     marker. Cycles and huge values are bounded and marked truncated.
     """
-    _check_attributes("emit_object", attributes)
+    if attributes is not None:  # checked inline: most calls pass none
+        _check_attributes("emit_object", attributes)
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("object")

@@ -143,6 +143,8 @@ def object_attributes(obj: Any) -> dict[str, AttributeValue]:
         # dict subclass, is read field by field by the walker below)
         text = _native_json(obj)
         if text is not None:
+            if len(text) <= MAX_JSON_BYTES:  # _with_json's common case, inline
+                return {semconv.OBJECT_TYPE: cls.__qualname__, semconv.OBJECT_JSON: text}
             return _with_json({semconv.OBJECT_TYPE: cls.__qualname__}, text, truncated=False)
     attrs: dict[str, AttributeValue] = {semconv.OBJECT_TYPE: _type_name(obj)}
     if obj is None:
