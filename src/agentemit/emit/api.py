@@ -148,9 +148,13 @@ def exception_attributes(exception: BaseException, escaped: bool = False) -> dic
     type_name = _TYPE_NAMES.get(cls)
     if type_name is None:
         type_name = _type_name(cls)
+    try:
+        message = str(exception)
+    except Exception:  # a broken __str__ must not turn recording an error into raising one
+        message = f"<{cls.__name__} str() failed>"
     return {
         semconv.EXCEPTION_TYPE: type_name,
-        semconv.EXCEPTION_MESSAGE: _exception_message(exception),
+        semconv.EXCEPTION_MESSAGE: message,
         semconv.EXCEPTION_STACKTRACE: DeferredStacktrace(exception),
         semconv.EXCEPTION_ESCAPED: escaped,
     }
@@ -186,13 +190,6 @@ class DeferredStacktrace:
             return format_stacktrace(self.exception, self.traceback)
         except Exception as exc:  # a broken __str__ or frame must not cost the event
             return f"<stack trace unavailable: {type(exc).__name__}>"
-
-
-def _exception_message(exception: BaseException) -> str:
-    try:
-        return str(exception)
-    except Exception:  # a broken __str__ must not turn recording an error into raising one
-        return f"<{type(exception).__name__} str() failed>"
 
 
 def emit_exception(

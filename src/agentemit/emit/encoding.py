@@ -100,29 +100,18 @@ def to_jsonable(value: Any, marker: _Truncated, depth: int = 0, seen: frozenset[
 
 
 _NATIVE_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-_NATIVE_CONTAINERS = (dict, list, tuple)
+_orjson_dumps = orjson.dumps
 
 
-def _native_json(obj: Any) -> str | None:
-    """orjson's own encoding of a plain dict, list or tuple (and the datetimes, enums, UUIDs and numpy
-    values inside, in C), or None when it refuses (pydantic models, sets, bytes, cycles, ...) and the
-    bounded walker must do it.
-
-    NaN and infinities inside containers come out as ``null`` here, as JSON has no spelling for them.
-    """
-    try:
-        text = orjson.dumps(obj, option=_NATIVE_JSON_OPTIONS).decode("utf-8")
-    except Exception:
-        return None
-    # Conservative bounds, counted in C: no more brackets than MAX_DEPTH means no deeper nesting, fewer
-    # commas than MAX_ITEMS means no longer container. Otherwise the walker cuts and marks it. A text
-    # too short to break a bound is not counted (every bracket is closed, so at most half are opening).
+def _within_bounds(text: str) -> bool:
+    """Conservative bounds on orjson's text, counted in C: no more brackets than MAX_DEPTH means no
+    deeper nesting, fewer commas than MAX_ITEMS no longer container (else the walker cuts and marks
+    it). A text too short to break a bound is not counted: every bracket is closed, so at most half
+    of it opens one."""
     size = len(text)
     if size > 2 * MAX_DEPTH and text.count("[") + text.count("{") > MAX_DEPTH:
-        return None
-    if size >= MAX_ITEMS and text.count(",") >= MAX_ITEMS:
-        return None
-    return text
+        return False
+    return size < MAX_ITEMS or text.count(",") < MAX_ITEMS
 
 
 def bounded_repr(value: Any) -> str:
@@ -139,10 +128,15 @@ def bounded_repr(value: Any) -> str:
 def object_attributes(obj: Any) -> dict[str, AttributeValue]:
     """Attributes of an object event: type, then a literal, JSON, or (marked) bounded repr."""
     cls = type(obj)
-    if cls in _NATIVE_CONTAINERS:  # the usual payload: straight to orjson (a dataclass or model, even a
-        # dict subclass, is read field by field by the walker below)
-        text = _native_json(obj)
-        if text is not None:
+    if cls is dict or cls is list or cls is tuple:
+        # The usual payload goes straight to orjson, datetimes, enums, UUIDs and numpy values inside
+        # included (NaN and infinities become null). What it refuses (sets, bytes, cycles, ...) and
+        # what breaks a bound goes through the bounded walker below, as do dataclasses and models.
+        try:
+            text: str | None = _orjson_dumps(obj, None, _NATIVE_JSON_OPTIONS).decode()
+        except Exception:
+            text = None
+        if text is not None and _within_bounds(text):
             if len(text) <= MAX_JSON_BYTES:  # _with_json's common case, inline
                 return {semconv.OBJECT_TYPE: cls.__qualname__, semconv.OBJECT_JSON: text}
             return _with_json({semconv.OBJECT_TYPE: cls.__qualname__}, text, truncated=False)
