@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agentemit import semconv
-from agentemit.emit.encoding import flatten_attributes, object_attributes
+from agentemit.emit.encoding import flatten_attributes, object_attributes, type_name
 from agentemit.emit.events import register_builtin_type
 from agentemit.emit.no_tracer import count_no_tracer
 from agentemit.emit.stacktrace import format_stacktrace
@@ -145,31 +145,16 @@ def emit_reward(
 def exception_attributes(exception: BaseException, escaped: bool = False) -> dict[str, Any]:
     """OpenTelemetry exception attributes; the stack trace includes chained causes."""
     cls = type(exception)
-    type_name = _TYPE_NAMES.get(cls)
-    if type_name is None:
-        type_name = _type_name(cls)
     try:
         message = str(exception)
     except Exception:  # a broken __str__ must not turn recording an error into raising one
         message = f"<{cls.__name__} str() failed>"
     return {
-        semconv.EXCEPTION_TYPE: type_name,
+        semconv.EXCEPTION_TYPE: type_name(cls),
         semconv.EXCEPTION_MESSAGE: message,
         semconv.EXCEPTION_STACKTRACE: DeferredStacktrace(exception),
         semconv.EXCEPTION_ESCAPED: escaped,
     }
-
-
-_TYPE_NAMES: dict[type, str] = {}
-
-
-def _type_name(cls: type) -> str:
-    """``module.Qualname`` (just ``Qualname`` for builtins), remembered per class: an agent raises few."""
-    module = cls.__module__
-    name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-    if len(_TYPE_NAMES) < 1024:  # bounded: classes made on the fly must not grow it for ever
-        _TYPE_NAMES[cls] = name
-    return name
 
 
 class DeferredStacktrace:

@@ -140,7 +140,7 @@ def object_attributes(obj: Any) -> dict[str, AttributeValue]:
             if len(text) <= MAX_JSON_BYTES:  # _with_json's common case, inline
                 return {semconv.OBJECT_TYPE: cls.__qualname__, semconv.OBJECT_JSON: text}
             return _with_json({semconv.OBJECT_TYPE: cls.__qualname__}, text, truncated=False)
-    attrs: dict[str, AttributeValue] = {semconv.OBJECT_TYPE: _type_name(obj)}
+    attrs: dict[str, AttributeValue] = {semconv.OBJECT_TYPE: type_name(cls)}
     if obj is None:
         attrs[semconv.OBJECT_JSON] = "null"
         return attrs
@@ -185,9 +185,18 @@ def _with_json(attrs: dict[str, AttributeValue], text: str, *, truncated: bool) 
     return attrs
 
 
-def _type_name(obj: Any) -> str:
-    cls = type(obj)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+_TYPE_NAMES: dict[type, str] = {}
+
+
+def type_name(cls: type) -> str:
+    """``module.Qualname`` (just ``Qualname`` for builtins), remembered per class: an agent emits few."""
+    name = _TYPE_NAMES.get(cls)
+    if name is None:
+        module = cls.__module__
+        name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+        if len(_TYPE_NAMES) < 1024:  # bounded: classes made on the fly must not grow it for ever
+            _TYPE_NAMES[cls] = name
+    return name
 
 
 def flatten_attributes(attributes: Mapping[str, Any], out: dict[str, AttributeValue], prefix: str = "") -> None:

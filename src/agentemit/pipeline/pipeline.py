@@ -48,7 +48,6 @@ from agentemit.pipeline.replay import (
     RecordProgress,
     Replayer,
     export_batch,
-    replay_batch,
     replay_budget,
     spool_record_bytes,
 )
@@ -150,7 +149,7 @@ class Pipeline:
             deliver=self._redeliver,
             settle=self._settle_spooled,
             drop=self.stats.drop,
-            batch_size=replay_batch(self.config),
+            batch_size=self._export_batch,
             max_bytes=replay_budget(self.config),
         )
         self._wake = threading.Event()

@@ -5,7 +5,7 @@ A spilled spool can hold gigabytes; draining it must not hold more than a small,
 
 * each round asks :meth:`Spool.replay` for at most ``max_bytes`` of payloads (at least one record),
   and acknowledges the round's delivered records in one call (one cursor fsync per round);
-* each record is decoded and delivered :func:`replay_batch` events at a time, releasing what was delivered
+* each record is decoded and delivered :func:`export_batch` events at a time, releasing what was delivered
   (:func:`spill_format.decode_batches`), so only one batch of built spans is alive at once.
 
 Exactness when the sink fails part-way through a record: the record stays pending, and
@@ -40,15 +40,11 @@ MIN_REPLAY_BYTES = 64 * 1024
 DECODE_HEADROOM = 16
 
 
-def replay_batch(config: PipelineConfig) -> int:
-    """Events decoded and delivered at a time while replaying: a spool is a backlog, sent in bulk
-    (``max_export_batch``; at ``batch_size`` a drain ran ~20% slower end to end over OTLP/HTTP). A
-    record holds at most ``spool_record_bytes``, so this stays inside the replay budget."""
-    return export_batch(config)
-
-
 def export_batch(config: PipelineConfig) -> int:
-    """Spans per export when a backlog is waiting: ``max_export_batch``, never fewer than ``batch_size``."""
+    """Spans per export when a backlog is waiting (the queue past ``batch_size``, or a spool drain; at
+    ``batch_size`` a drain ran ~20% slower end to end over OTLP/HTTP): ``max_export_batch``, never
+    fewer than ``batch_size``. A spool record holds at most ``spool_record_bytes``, so replaying this
+    many at a time stays inside the replay budget."""
     return max(config.batch_size, config.max_export_batch)
 
 
