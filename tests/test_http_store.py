@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from _ports import closed_port_url
 from agentemit import codec, semconv
 from agentemit.server.runner import ServerThread
 from agentemit.span import Span
@@ -57,14 +57,6 @@ def make_span(seq: int, *, rollout: str = "r1", attempt: str = "a1", name: str =
 
 def ids(spans: list[Span]) -> list[str]:
     return [s.span_id for s in spans]
-
-
-def closed_port_url() -> str:
-    """A loopback URL nothing listens on (the port was just released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import httpx
 import pytest
 
 from _mp_worker import MESSAGES_PER_ROLLOUT, emits_exception, final_reward, raises_out_of_context
+from _ports import free_port
 from agentemit import OtelTracer, PipelineConfig, emit_message, semconv
 from agentemit.stores import SqliteStore
 from agentemit.stores.base import SpanStore
@@ -48,13 +48,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # --- processes --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (bound and released; the server binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def child_env() -> dict[str, str]:

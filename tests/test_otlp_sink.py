@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +14,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from _otlp_receiver import OtlpReceiver, attributes
 from _pipeline_child import rollout
+from _ports import closed_port_url
 from agentemit import emit_message, semconv
 from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.otlp import OtlpHttpSink, parse_retry_after, spans_to_otlp, spans_to_otlp_via_sdk
@@ -61,14 +61,6 @@ def make_spans(n: int) -> list[Span]:
 def receiver() -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as r:
         yield r
-
-
-def closed_port_url() -> str:
-    """A loopback URL nothing listens on: bind an ephemeral port, then free it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1/traces"
 
 
 # --- encoding ----------------------------------------------------------------------------------
@@ -190,7 +182,7 @@ def test_partial_success_is_ok_but_reports_the_rejected_spans(receiver: OtlpRece
 
 
 def test_connection_refused_is_a_retryable_failure_not_an_exception() -> None:
-    url = closed_port_url()
+    url = closed_port_url("/v1/traces")
     sink = OtlpHttpSink(url, timeout=2.0)
     result = sink.export(make_spans(2))
     sink.shutdown(1.0)

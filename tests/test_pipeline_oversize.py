@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 from _otlp_receiver import OtlpReceiver
 from _pipeline_child import FakeClock, StoreBackedSink, rollout, stored_bodies
+from _ports import closed_port_url
 from agentemit import emit_message, emit_object, semconv
 from agentemit.pipeline import stats as stats_module
 from agentemit.pipeline.config import PipelineConfig
@@ -90,14 +90,6 @@ def snapshot_of(p: Pipeline) -> dict[str, Any]:
     snap = p.stats_snapshot()
     assert unaccounted(snap) == 0, snap
     return snap
-
-
-def closed_port_url() -> str:
-    """A loopback URL nothing listens on (the port was just released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # --- the queue's byte budget, at emit -------------------------------------------------------------

@@ -6,7 +6,6 @@ through a backoff; the one real delay (a slow primary) is bounded well under a s
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -14,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from _otlp_receiver import OtlpReceiver
+from _ports import closed_port_url
 from agentemit.pipeline.failover import FailoverSink
 from agentemit.pipeline.otlp import OtlpHttpSink
 from agentemit.pipeline.retry import RetryingSink
@@ -91,13 +91,6 @@ def receiver() -> Iterator[OtlpReceiver]:
 def backup() -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as r:
         yield r
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1/traces"
 
 
 def statuses(receiver: OtlpReceiver) -> list[int]:
@@ -206,7 +199,9 @@ def test_non_retryable_failure_is_returned_without_retrying(receiver: OtlpReceiv
 
 def test_connection_refused_is_retried_up_to_max_attempts_then_the_last_failure_returned() -> None:
     sleep = RecordingSleep()
-    sink = RetryingSink(OtlpHttpSink(closed_port_url(), timeout=2.0), max_attempts=3, rng=lambda: 0.0, sleep=sleep)
+    sink = RetryingSink(
+        OtlpHttpSink(closed_port_url("/v1/traces"), timeout=2.0), max_attempts=3, rng=lambda: 0.0, sleep=sleep
+    )
     result = sink.export(make_spans(2))
     sink.shutdown(1.0)
     assert not result.ok and result.retryable and "ConnectError" in (result.error or "")
@@ -321,7 +316,9 @@ def test_a_refused_batch_moves_on_without_benching_the_primary(receiver: OtlpRec
 
 def test_when_every_sink_fails_the_last_failure_is_returned_retryable_if_any_was(backup: OtlpReceiver) -> None:
     backup.fail_next(1, 400)
-    sink = FailoverSink([OtlpHttpSink(closed_port_url(), timeout=2.0), OtlpHttpSink(backup.url)], clock=FakeClock())
+    sink = FailoverSink(
+        [OtlpHttpSink(closed_port_url("/v1/traces"), timeout=2.0), OtlpHttpSink(backup.url)], clock=FakeClock()
+    )
     result = sink.export(make_spans(1))
     stats = sink.stats()
     sink.shutdown(1.0)
@@ -366,7 +363,9 @@ def test_a_sink_that_raises_is_failed_over(backup: OtlpReceiver) -> None:
 def test_retrying_around_failover_delivers_once_the_backup_recovers(backup: OtlpReceiver) -> None:
     backup.fail_next(1, 503, retry_after="0")
     sleep = RecordingSleep()
-    failover = FailoverSink([OtlpHttpSink(closed_port_url(), timeout=2.0), OtlpHttpSink(backup.url)], clock=FakeClock())
+    failover = FailoverSink(
+        [OtlpHttpSink(closed_port_url("/v1/traces"), timeout=2.0), OtlpHttpSink(backup.url)], clock=FakeClock()
+    )
     sink = RetryingSink(failover, sleep=sleep)
     result = sink.export(make_spans(5))
     sink.shutdown(1.0)

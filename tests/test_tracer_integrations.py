@@ -8,7 +8,6 @@ import asyncio
 import http.client
 import json
 import logging
-import socket
 import sys
 import threading
 import types
@@ -26,6 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from _ports import free_port
 from agentemit import Pipeline, PipelineConfig, find_final_reward, semconv
 from agentemit.pipeline.sink import ExportResult
 from agentemit.server.app import create_app
@@ -80,13 +80,6 @@ def server() -> Iterator[str]:
 @pytest.fixture
 def port(server: str) -> int:
     return int(server.rsplit(":", 1)[1])
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (it was just released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +197,7 @@ def test_requests_with_recording_paused_or_instrumentation_suppressed_are_not_re
 
 
 def test_a_refused_connection_is_recorded_as_error_and_the_original_exception_propagates(tracer: HttpTracer) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/nothing?key=hunter2"
+    url = f"http://127.0.0.1:{free_port()}/nothing?key=hunter2"
     with (
         tracer.trace_context(rollout_id="r-refused"),
         httpx.Client() as client,
@@ -272,7 +265,7 @@ def test_urllib_request_is_recorded_through_http_client(tracer: HttpTracer, serv
 
 def test_http_client_failure_is_recorded_as_error_and_urllib_error_propagates(tracer: HttpTracer) -> None:
     with tracer.trace_context(rollout_id="r-urllib-fail"), pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(f"http://127.0.0.1:{closed_port()}/x", timeout=5)
+        urllib.request.urlopen(f"http://127.0.0.1:{free_port()}/x", timeout=5)
     [span] = named(stored(tracer, "r-urllib-fail"), "HTTP GET")
     assert span.status == "ERROR"
     assert span.attributes["error.type"] == "builtins.ConnectionRefusedError"
