@@ -232,6 +232,19 @@ def test_a_bad_resource_after_a_shared_good_one_still_refuses_the_batch(store: S
     assert [s.resource for s in store.query_spans("r1")] == [shared] * 3
 
 
+def test_a_batch_of_several_thousand_spans_is_stored_whole_or_not_at_all(store: Store) -> None:
+    # Larger than one multi-row statement (SQLite writes 1,000 rows per statement): the failure comes
+    # in the last chunk, after earlier chunks were already written inside the transaction.
+    batch = [make_span(i) for i in range(2_500)]
+    bad = dataclasses.replace(batch[2_400], span_id="bad-span", name="bad \ud800")
+    with pytest.raises(ValueError, match=r"'bad-span'.*name"):
+        store.add_many_spans([*batch[:2_400], bad, *batch[2_401:]])
+    assert store.query_spans("r1") == []
+    assert store.add_many_spans(batch) == 2_500
+    assert store.add_many_spans(batch) == 0
+    assert ids(store.query_spans("r1", limit=3, offset=2_497)) == ids(batch[2_497:])
+
+
 def test_a_batch_item_that_is_not_a_span_is_refused_by_position(store: Store) -> None:
     with pytest.raises(ValueError, match="batch item 1 is dict"):
         store.add_many_spans([make_span(0), {"span_id": "x"}])  # type: ignore[list-item]

@@ -11,6 +11,7 @@ import cProfile
 import os
 import pstats
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 from agentemit import OtelTracer, codec
 from agentemit.bench import workload
 from agentemit.bench.options import Options
-from agentemit.bench.report import Section, fmt_num
+from agentemit.bench.report import Section, fmt_int, fmt_num
 from agentemit.compression import compress
 from agentemit.pipeline.builder import build_span
 from agentemit.pipeline.factory import build_pipeline
@@ -134,6 +135,58 @@ def server_phases(directory: Path, n: int) -> list[tuple[str, float]]:
     ]
 
 
+def _spin(stop: threading.Event, counter: list[int]) -> None:
+    """Busy Python work (an agent's own threads) that wants the GIL whenever the store lets it go."""
+    n = 0
+    while not stop.is_set():
+        for _ in range(1_000):
+            n += 1
+        counter[0] = n
+
+
+def store_under_load(directory: Path, n: int) -> list[tuple[str, float, float]]:
+    """SqliteStore.add_many_spans of 1,000-span batches alone and beside a busy Python thread:
+    (label, spans/s, the busy thread's share of its solo progress). SQLite releases the GIL inside a
+    statement; each time it wants it back it may wait the interpreter's switch interval."""
+    spans = workload.make_spans(n, "load", per_rollout=SERVER_BATCH)
+    batches = [spans[i : i + SERVER_BATCH] for i in range(0, n, SERVER_BATCH)]
+    results: list[tuple[str, float, float]] = []
+    for label, busy in (("alone", False), ("beside a busy Python thread", True)):
+        store = SqliteStore(directory / f"load-{busy}.db")
+        stop, counter = threading.Event(), [0]
+        spinner = threading.Thread(target=_spin, args=(stop, counter), daemon=True)
+        try:
+            if busy:
+                spinner.start()
+                time.sleep(0.2)
+                solo_rate = counter[0] / 0.2
+                before = counter[0]
+            seconds, _ = _time_each(store.add_many_spans, batches)
+            share = (counter[0] - before) / seconds / solo_rate if busy else 0.0
+        finally:
+            stop.set()
+            if busy:
+                spinner.join()
+            store.close()
+        results.append((label, n / seconds, share))
+    return results
+
+
+def _load_section(n: int, rows: list[tuple[str, float, float]]) -> Section:
+    section = Section(
+        "profile-store-load",
+        f"SqliteStore.add_many_spans, {n:,} spans in batches of {SERVER_BATCH:,}, alone and beside busy Python",
+        ["SqliteStore writes", "spans/s", "busy thread's progress"],
+    )
+    for label, rate, share in rows:
+        section.add_row([label, fmt_int(rate), f"{share:.0%}" if share else ""], spans_per_s=rate, busy_share=share)
+    section.notes.append(
+        "busy thread's progress: its rate while the store writes, as a share of its rate alone; a batch of up "
+        "to 1,000 spans is one statement (no BEGIN/COMMIT), so the store takes the GIL back once per batch"
+    )
+    return section
+
+
 def _phase_section(key: str, title: str, n: int, phases: Sequence[tuple[str, float]]) -> Section:
     section = Section(key, title, ["phase", "us/span", "share"])
     total = sum(s for _, s in phases)
@@ -182,6 +235,7 @@ def run(options: Options) -> list[Section]:
         worker = worker_phases(root / "worker", n)
         top = worker_profile(root / "profiled", n)
         server = server_phases(root / "server", n)
+        load = store_under_load(root / "server", n)
     return [
         _phase_section(
             "profile-worker",
@@ -191,4 +245,5 @@ def run(options: Options) -> list[Section]:
         ),
         _top_section(top, n),
         _phase_section("profile-server", f"server ingest path per span, without HTTP ({n:,} spans)", n, server),
+        _load_section(n, load),
     ]
