@@ -35,7 +35,7 @@ from agentemit.stores.base import AttemptSelector, RolloutSummary, SpanStore
 SCHEMA_VERSION = 1
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_STAGE = "agentemit_stage"  # per-session temp table a batch is COPYed into
+_STAGE = "agentemit_stage"  # per-session temp table a batch holding stored spans is COPYed into
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS {schema}.schema_version (version INTEGER NOT NULL)",
@@ -66,8 +66,8 @@ _STAGE_DDL = f"""CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
 ) ON COMMIT DELETE ROWS"""
 
 _COLS = ", ".join(COLUMNS)
-_STAGE_TYPES = ["int4", "text", "text", "text", "text", "text", "text", "int8", "int8", "int8", "text", "float8"]
-_STAGE_TYPES += ["text", "bytea"]
+_ROW_TYPES = ["text", "text", "text", "text", "text", "text", "int8", "int8", "int8", "text", "float8", "text", "bytea"]
+_STAGE_TYPES = ["int4", *_ROW_TYPES]
 
 _LATEST = (
     "SELECT attempt_id FROM {schema}.spans WHERE rollout_id = %s "
@@ -162,7 +162,8 @@ class PostgresStore(SpanStore):
             f"INSERT INTO {{schema}}.spans ({_COLS}) SELECT {_COLS} FROM pg_temp.{_STAGE} ORDER BY ord "
             "ON CONFLICT DO NOTHING"
         ).format(schema=ident)
-        self._copy = sql.SQL(f"COPY pg_temp.{_STAGE} (ord, {_COLS}) FROM STDIN (FORMAT BINARY)")
+        self._copy_staged = sql.SQL(f"COPY pg_temp.{_STAGE} (ord, {_COLS}) FROM STDIN (FORMAT BINARY)")
+        self._copy_direct = sql.SQL(f"COPY {{schema}}.spans ({_COLS}) FROM STDIN (FORMAT BINARY)").format(schema=ident)
         self._latest = sql.SQL(_LATEST).format(schema=ident)
         self._heads = sql.SQL(_HEADS).format(schema=ident)
         self._attempts = sql.SQL(_ATTEMPTS).format(schema=ident)
@@ -251,14 +252,24 @@ class PostgresStore(SpanStore):
         pool = self._ready_pool()
         if not rows:
             return 0
-        with pool.connection() as conn, conn.transaction():
-            cur = conn.cursor()
-            with cur.copy(self._copy) as copy:
-                copy.set_types(_STAGE_TYPES)
-                for ord_, row in enumerate(rows):
-                    copy.write_row((ord_, *row))
-            cur.execute(self._insert_staged)
-            return max(cur.rowcount, 0)
+        with pool.connection() as conn:
+            try:  # the usual batch holds only new spans: COPY it straight into the table
+                with conn.transaction(), conn.cursor().copy(self._copy_direct) as copy:
+                    copy.set_types(_ROW_TYPES)
+                    for row in rows:
+                        copy.write_row(row)
+                return len(rows)
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+                pass  # a retried batch, a span twice in it, or a race with a writer of the same spans:
+                # nothing of it was kept; the staged path below skips whatever is stored by now
+            with conn.transaction():
+                cur = conn.cursor()
+                with cur.copy(self._copy_staged) as copy:
+                    copy.set_types(_STAGE_TYPES)
+                    for ord_, row in enumerate(rows):
+                        copy.write_row((ord_, *row))
+                cur.execute(self._insert_staged)
+                return max(cur.rowcount, 0)
 
     # --- reads -----------------------------------------------------------------------------------
 
