@@ -446,6 +446,33 @@ def test_decode_span_refuses_a_wide_integer_inside_an_array_and_in_a_field() -> 
         codec.decode_span(data.replace(b'"sequence_id":0', b'"sequence_id":200000000000000000000'))
 
 
+@pytest.mark.parametrize("literal", [str(2**64), str(-(2**63) - 1), str(2**70)])
+@pytest.mark.parametrize("place", ["attribute", "event", "resource"])
+def test_a_wide_integer_that_json_parsers_read_as_a_float_is_refused_wherever_it_sits(literal: str, place: str) -> None:
+    # The decoder's fast path skips the scan for wide literals; it must still send these spans to it.
+    span = {
+        "attribute": simple_span(attributes={"big": 7}),
+        "event": simple_span(events=[SpanEvent("e", 1, {"big": 7})]),
+        "resource": simple_span(resource={"big": 7}),
+    }[place]
+    data = codec.encode_span(span).replace(b'"big":7', b'"big":' + literal.encode())
+    with pytest.raises(CodecError, match=rf"\['big'\]: {re.escape(literal)} is outside"):
+        codec.decode_span(data)
+    spans = [simple_span(0), span]
+    body = codec.encode_batch(spans)
+    body = body.replace(b'"big":7', b'"big":' + literal.encode())
+    body = body.replace(codec.checksum(b"[" + b",".join(map(codec.encode_span, spans)) + b"]").encode(), b"X" * 64)
+    digest = codec.checksum(body[body.index(b',"spans":') + 9 : -1])
+    with pytest.raises(CodecError, match=rf"\$\.spans\[1\]: .*\['big'\]: {re.escape(literal)} is outside"):
+        codec.decode_batch(body.replace(b"X" * 64, digest.encode()))
+
+
+def test_large_floats_still_decode_as_floats() -> None:
+    span = simple_span(attributes={"huge": 1e300, "edge": float(2**63), "neg": -1e19}, resource={"r": 2e30})
+    assert_identical(codec.decode_span(codec.encode_span(span)), span)
+    assert_identical(codec.decode_batch(codec.encode_batch([span]))[0], span)
+
+
 def test_decode_batch_refuses_a_json_integer_beyond_int64_naming_the_span_and_attribute() -> None:
     spans_obj = [simple_span(0).to_dict(), simple_span(1, attributes={"big": 7}).to_dict()]
     body = codec.dumps(spans_obj).replace(b'"big":7', b'"big":1180591620717411303424')

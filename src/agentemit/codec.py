@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import orjson
 
-from agentemit.span import INT64_MAX, INT64_MIN, Span
+from agentemit.span import INT64_MAX, INT64_MIN, Span, decode_plain
 
 BATCH_FORMAT = "agentemit.batch"
 BATCH_VERSION = 1
@@ -250,6 +250,9 @@ def decode_span(data: bytes | str) -> Span:
     obj = loads(data)
     if not isinstance(obj, dict):
         raise CodecError(f"a span must be a JSON object, got {type(obj).__name__}")
+    span = decode_plain(obj)
+    if span is not None:
+        return span  # no float that could be a wide int: no scan needed (see decode_plain)
     if _may_hold_wide_int(data):
         obj = _loads_exact(data)  # so an int beyond 64 bits is refused by name, not read as a float
     return span_from_obj(obj, "$")
@@ -296,9 +299,23 @@ def decode_batch(data: bytes) -> list[Span]:
         raise CodecError(f"$.count: {_missing_or_kind(obj, 'count')}; expected the number of spans")
     if count != len(spans_obj):
         raise CodecError(f"$.count: says {count} spans, batch holds {len(spans_obj)}")
+    spans = _decode_plain_all(spans_obj)
+    if spans is not None:
+        return spans  # no float that could be a wide int: no scan needed (see decode_plain)
     if _may_hold_wide_int(data):
         spans_obj = _loads_exact(data)["spans"]  # so an int beyond 64 bits is refused by name
     return [span_from_obj(item, f"$.spans[{i}]") for i, item in enumerate(spans_obj)]
+
+
+def _decode_plain_all(items: list[Any]) -> list[Span] | None:
+    """Every item decoded by :func:`~agentemit.span.decode_plain`, or None if any is unusual."""
+    spans: list[Span] = []
+    for item in items:
+        span = decode_plain(item) if type(item) is dict else None
+        if span is None:
+            return None
+        spans.append(span)
+    return spans
 
 
 _SPANS_KEY: Final = b',"spans":'
