@@ -9,11 +9,13 @@ decoded before one ``add_many_spans`` call writes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Security
@@ -198,20 +200,45 @@ def _refuse_by_json_path(data: bytes) -> None:
     validate_batch(document)
 
 
-async def _add_batch(store: SpanStore, spans: list[Span], data: bytes) -> int:
-    """Store a decoded batch; a store rule the decoder does not know (an empty id, a NUL character)
-    refuses it with the field named by JSON path, as a decoding error would."""
-    try:
-        return await store.aadd_many_spans(spans)
-    except ValueError:
-        await asyncio.to_thread(_refuse_by_json_path, data)
-        raise
+def _payload(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The request body with its Content-Encoding undone (bounded: see ``decompress_bounded``)."""
+    if not encoding or encoding.strip().lower() == "identity":
+        return body
+    return decompress_bounded(body, encoding, limit)
 
 
-async def _store_call(store: SpanStore, what: str, call: Awaitable[T]) -> T:
-    """Await a store call; a refused input is a 400, any other failure a 500 naming the store."""
+def _ingest_batch(store: SpanStore, body: bytes, encoding: str | None, limit: int) -> tuple[int, int]:
+    """Decompress, verify, decode and store one batch: (spans received, spans newly stored).
+
+    The whole request is one worker-thread call: every hop between the event loop and a thread
+    retakes the GIL, which waits up to the switch interval (5 ms) while other requests run. A store
+    rule the decoder does not know (an empty id, a NUL character) refuses the batch with the field
+    named by JSON path, as a decoding error would.
+    """
+    data = _payload(body, encoding, limit)
+    spans = _decode_batch(data)
+    with _store_errors(store, "POST /v1/spans"):
+        try:
+            return len(spans), store.add_many_spans(spans)
+        except ValueError:
+            _refuse_by_json_path(data)
+            raise
+
+
+def _ingest_otlp(
+    store: SpanStore, body: bytes, encoding: str | None, kind: str, limit: int, sequence_lock: threading.Lock
+) -> tuple[otlp_ingest.Converted, int]:
+    """Decompress, decode and store one OTLP request, in one worker-thread call as ``_ingest_batch``."""
+    converted = otlp_ingest.decode(_payload(body, encoding, limit), kind)
+    with _store_errors(store, f"POST {_OTLP_PATH}"):
+        return converted, otlp_ingest.store_converted(converted, store, sequence_lock)
+
+
+@contextlib.contextmanager
+def _store_errors(store: SpanStore, what: str) -> Iterator[None]:
+    """A refused input is a 400, any other store failure a 500 naming the store."""
     try:
-        return await call
+        yield
     except Rejected:
         raise
     except ValueError as exc:
@@ -221,6 +248,12 @@ async def _store_call(store: SpanStore, what: str, call: Awaitable[T]) -> T:
         raise Rejected(
             500, Reason.STORE_ERROR, f"{what}: {type(store).__name__} failed: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+async def _store_call(store: SpanStore, what: str, call: Awaitable[T]) -> T:
+    """Await a store call, its failures mapped as by :func:`_store_errors`."""
+    with _store_errors(store, what):
+        return await call
 
 
 # --- the app ------------------------------------------------------------------------------------------
@@ -301,12 +334,9 @@ def create_app(
         reason = Reason.NOT_FOUND if exc.status_code == 404 else Reason.BAD_REQUEST
         return refuse(request, exc.status_code, reason.value, str(exc.detail), dict(exc.headers or {}))
 
-    async def read_payload(request: Request) -> bytes:
+    async def read_raw(request: Request) -> tuple[bytes, str | None]:
         body = await read_body(request.headers.get("content-length"), request.stream(), max_body_bytes)
-        encoding = request.headers.get("content-encoding")
-        if not encoding or encoding.strip().lower() == "identity":
-            return body
-        return await asyncio.to_thread(decompress_bounded, body, encoding, max_body_bytes)
+        return body, request.headers.get("content-encoding")
 
     # --- writes ---------------------------------------------------------------------------------------
 
@@ -315,20 +345,18 @@ def create_app(
     )
     async def post_spans(request: Request) -> Response:
         """Store one agentemit batch whole, or nothing of it."""
-        data = await read_payload(request)
-        spans = await asyncio.to_thread(_decode_batch, data)
-        new = await _store_call(store, "POST /v1/spans", _add_batch(store, spans, data))
-        stats.stored(len(spans), new)
-        return _json({"received": len(spans), "stored": new})
+        body, encoding = await read_raw(request)
+        received, new = await asyncio.to_thread(_ingest_batch, store, body, encoding, max_body_bytes)
+        stats.stored(received, new)
+        return _json({"received": received, "stored": new})
 
     @app.post(_OTLP_PATH, dependencies=guarded, responses=_ERRORS, openapi_extra=_OTLP_BODY)
     async def post_traces(request: Request) -> Response:
         """OTLP/HTTP traces (protobuf or JSON); spans without a rollout id are reported in partial_success."""
         kind = otlp_ingest.media_type(request.headers.get("content-type"))
-        data = await read_payload(request)
-        converted = await asyncio.to_thread(otlp_ingest.decode, data, kind)
-        call = asyncio.to_thread(otlp_ingest.store_converted, converted, store, sequence_lock)
-        new = await _store_call(store, f"POST {_OTLP_PATH}", call)
+        body, encoding = await read_raw(request)
+        call = functools.partial(_ingest_otlp, store, body, encoding, kind, max_body_bytes, sequence_lock)
+        converted, new = await asyncio.to_thread(call)
         received = len(converted.spans) + converted.rejected_count
         stats.stored(received, new, converted.rejected)
         if converted.rejected:
