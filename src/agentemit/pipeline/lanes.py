@@ -17,7 +17,11 @@ from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
 from agentemit.tracing.context import RawRecord
 
 HIGH_RESERVE = 0.2
-QUEUE_SHARE = 0.9  # of memory_threshold; the rest bounds the spill buffer
+# Shares of memory_threshold: the lanes, the spill buffer, and (the rest, 5%) the working set of the
+# worker and spill threads (a batch being built and exported, a spool record being replayed), which
+# the queue accounting does not see.
+QUEUE_SHARE = 0.85
+SPILL_SHARE = 0.10
 
 
 class Lanes:

@@ -12,7 +12,7 @@ Accounting (exact at quiescence)::
     emitted + recovered == exported + pending + in_spool + sum(dropped)
 
 An event too large to ever be held or delivered is dropped alone and counted ``oversize``: at emit, one
-whose estimated size exceeds the bulk lanes' byte budget (``memory_threshold`` * 0.9 * 0.8, one int
+whose estimated size exceeds the bulk lanes' byte budget (``memory_threshold`` * 0.85 * 0.8, one int
 comparison); a batch the spool cannot store, or a sink refuses as too large, is split until the
 offending event stands alone, so the rest of the batch is still spooled or delivered.
 """
@@ -42,7 +42,7 @@ from agentemit.emit.events import event_policies
 from agentemit.pipeline import spill_format
 from agentemit.pipeline.builder import build_span
 from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
-from agentemit.pipeline.lanes import QUEUE_SHARE, Lanes
+from agentemit.pipeline.lanes import SPILL_SHARE, Lanes
 from agentemit.pipeline.replay import (
     DropCounter,
     RecordProgress,
@@ -140,7 +140,7 @@ class Pipeline:
         self._spill: deque[RawRecord] = deque()
         self._spill_capacity = max(_SPILL_CHUNK * 4, self.lanes.low_capacity)
         self._spill_bytes = 0  # estimated, like Lanes.queued_bytes
-        self._spill_budget = max(_SPILL_CHUNK * 1024, int(self.config.memory_threshold * (1.0 - QUEUE_SHARE)))
+        self._spill_budget = max(_SPILL_CHUNK * 1024, int(self.config.memory_threshold * SPILL_SHARE))
         self._max_event_bytes = self.lanes.low_budget  # a bigger event could never be held: oversize
         self._last_oversize: tuple[str, int] | None = None  # (kind, size) of the latest refused at emit
         self._record_bytes = spool_record_bytes(self.config)  # small enough to decode within budget
