@@ -24,36 +24,32 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from opentelemetry import context as otel_context
 
 from agentemit.codec import encode_span
 from agentemit.emit.events import HIGH_PRIORITY_EVENT_KINDS as _HIGH_EVENTS
 from agentemit.emit.events import event_policies
-from agentemit.pipeline import spill_format
 from agentemit.pipeline.builder import build_span
 from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
 from agentemit.pipeline.lanes import SPILL_SHARE, Lanes
 from agentemit.pipeline.replay import (
     DropCounter,
-    RecordProgress,
     Replayer,
     export_batch,
     replay_budget,
-    spool_record_bytes,
 )
 from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
 from agentemit.pipeline.sink import ExportResult, Sink
-from agentemit.pipeline.spool import Spool, SpoolEntry, SpoolLockedError
+from agentemit.pipeline.spool import Spool
+from agentemit.pipeline.spooling import SpoolWriter, describe_event
 from agentemit.pipeline.stats import DropReason, PipelineStats
 from agentemit.span import Span, decode_attributes
 from agentemit.tracing.context import CURRENT, RawRecord
@@ -63,7 +59,6 @@ logger = logging.getLogger("agentemit")
 Stage = Callable[[Span], "Span | None"]
 _SPILL_CHUNK = 2000  # records the spill thread takes at a time: one spool append, one fsync
 _HIGH = HIGH_PRIORITY_KINDS
-_Item = TypeVar("_Item", RawRecord, Span)  # what a spool record holds: raw records or built spans
 Loss = tuple[DropReason, int, str]  # (reason, events, what to log)
 
 
@@ -118,22 +113,24 @@ class Pipeline:
         self._base_config = self.config
         self._policy_key: object = None
         self.sampler = HeadSampler(self.config)
-        self._spool = spool
-        self._owner = os.urandom(8)
         self._batch_size = self.config.batch_size
         self._export_batch = export_batch(self.config)
         self._shedder = AdaptiveShedder() if self.config.adaptive_sampling else None
         self._cpu = CpuMonitor(clock=clock)
         self._start_threads = start
         self._apply_event_policies()
-        self._init_runtime_state()
+        self._init_runtime_state(spool)
         _live_pipelines.add(self)
         if start:
             self.start()
 
-    def _init_runtime_state(self) -> None:
-        """Everything a forked child must rebuild: queues, locks, events, counters, threads."""
+    def _init_runtime_state(self, spool: Spool | None) -> None:
+        """Everything a forked child must rebuild: queues, locks, events, counters, threads, spool writer."""
         self.stats = PipelineStats()
+        self._count_lock = threading.Lock()
+        self._spooler = SpoolWriter(
+            self.config, self.stats, name=self.name, resource=self.resource, count_lock=self._count_lock, spool=spool
+        )
         self.lanes = Lanes(self.config)
         self._high = self.lanes.high
         self._low = self.lanes.low
@@ -143,11 +140,10 @@ class Pipeline:
         self._spill_budget = max(_SPILL_CHUNK * 1024, int(self.config.memory_threshold * SPILL_SHARE))
         self._max_event_bytes = self.lanes.low_budget  # a bigger event could never be held: oversize
         self._last_oversize: tuple[str, int] | None = None  # (kind, size) of the latest refused at emit
-        self._record_bytes = spool_record_bytes(self.config)  # small enough to decode within budget
         self._replayer = Replayer(
             build=self._build,
             deliver=self._redeliver,
-            settle=self._settle_spooled,
+            settle=self._spooler.settle,
             drop=self.stats.drop,
             batch_size=self._export_batch,
             max_bytes=replay_budget(self.config),
@@ -157,12 +153,8 @@ class Pipeline:
         self._room = threading.Event()
         self._stop = threading.Event()
         self._export_lock = threading.RLock()
-        self._spool_open_lock = threading.Lock()
-        self._count_lock = threading.Lock()
         self._taken = 0  # records taken off the lanes or the spill deque
         self._inflight = 0
-        self._in_spool = 0
-        self._recovered = 0
         self._flush_all = threading.Event()
         self._idle = threading.Condition()
         self._closed = False
@@ -447,7 +439,7 @@ class Pipeline:
         if not spans:
             return 0
         if not self._sink_healthy and not replaying and self.clock() < self._next_probe:
-            self._spool_built(spans)
+            self._spooler.spool_built(spans)
             return None
         started = self.clock()
         try:
@@ -476,7 +468,7 @@ class Pipeline:
         self._sink_healthy = False
         self._next_probe = self.clock() + min(self.config.retry_max_delay, self.config.flush_interval)
         if not replaying:
-            self._spool_built(spans)
+            self._spooler.spool_built(spans)
         logger.warning("agentemit: export failed (%s); batch spooled to disk for replay", result.error)
         return None
 
@@ -484,146 +476,15 @@ class Pipeline:
         """Deliver a batch read back from a spool (a failure leaves it there, not spooled again)."""
         return self._deliver(spans, replaying=True, drop=drop)
 
-    # --- spool ----------------------------------------------------------------------------------
-
-    def _spool_root(self) -> Path:
-        return self.config.resolved_spool_dir() / self.name
-
-    def _open_spool(self, directory: Path) -> Spool:
-        return Spool(
-            directory,
-            max_bytes=self.config.spool_max_bytes,
-            durability=self.config.durability,
-            compression=self.config.compression,
-            on_evict=self._on_evicted,
-        )
+    # --- spool --------------------------------------------------------------------------------
 
     def spool(self) -> Spool:
-        """This pipeline's own spool (one directory per process, locked while open).
-
-        Opened under a lock: the spill thread and the worker may both need it first at once, and the
-        loser of an unguarded race would find the directory locked and lose its events.
-        """
-        spool = self._spool
-        if spool is None:
-            with self._spool_open_lock:
-                if self._spool is None:
-                    self._spool = self._open_spool(self._spool_root() / f"{os.getpid()}-{self._owner.hex()[:8]}")
-                spool = self._spool
-        return spool
+        """This pipeline's own spool (one directory per process, locked while open), opened on first use."""
+        return self._spooler.spool()
 
     def recover_orphaned_spools(self) -> int:
-        """Deliver what dead processes left in sibling spool directories; returns spans delivered.
-
-        A directory whose lock can be taken has no live owner. Its records are replayed to the sink
-        (counted as ``recovered``) and the directory is removed once empty.
-        """
-        root = self._spool_root()
-        if not root.is_dir():
-            return 0
-        own = self._spool.directory if self._spool is not None else None
-        delivered = 0
-        for directory in sorted(p for p in root.iterdir() if p.is_dir() and p != own):
-            try:
-                orphan = Spool(directory, max_bytes=self.config.spool_max_bytes, durability=self.config.durability)
-            except SpoolLockedError:
-                continue  # a live process owns it
-            except Exception as exc:
-                logger.warning("agentemit: cannot open spool %s: %s", directory, exc)
-                continue
-            try:
-                delivered += self._replay_from(orphan, flush_all=True)
-                empty = orphan.pending_records() == 0
-            finally:
-                orphan.close()
-            if empty:
-                shutil.rmtree(directory, ignore_errors=True)
-        return delivered
-
-    def _spool_built(self, spans: list[Span]) -> None:
-        high = any(s.name in _HIGH_NAMES for s in spans)
-        try:
-            parts = self._built_parts(spans)
-        except Exception:  # one unencodable span must not cost the batch: keep the rest, count it
-            spans = [s for s in spans if self._encodable(s)]
-            if not spans:
-                return
-            parts = self._built_parts(spans)
-        self._store_in_spool(parts, self._encode_built, 0 if high else 1)
-
-    def _encode_built(self, spans: Sequence[Span]) -> bytes:
-        return spill_format.encode_built(spans, self._owner)
-
-    def _encode_raw(self, records: Sequence[RawRecord]) -> bytes:
-        return spill_format.encode_raw(records, self._owner, self.resource)
-
-    def _built_parts(self, spans: Sequence[Span]) -> list[tuple[Sequence[Span], bytes]]:
-        """``spans`` as spool records of at most ``_record_bytes`` each (halved until they fit), so a
-        record decodes within the replay budget."""
-        payload = self._encode_built(spans)
-        if len(payload) <= self._record_bytes or len(spans) == 1:
-            return [(spans, payload)]
-        middle = len(spans) // 2
-        return self._built_parts(spans[:middle]) + self._built_parts(spans[middle:])
-
-    def _spool_raw(self, records: list[RawRecord], priority: int) -> None:
-        """Spool raw records as records of about ``_record_bytes`` (estimated) each, in one append."""
-        parts = [(part, self._encode_raw(part)) for part in _split_by_bytes(records, self._record_bytes)]
-        self._store_in_spool(parts, self._encode_raw, priority)
-
-    def _store_in_spool(
-        self, parts: Sequence[tuple[Sequence[_Item], bytes]], encode: Callable[[Sequence[_Item]], bytes], priority: int
-    ) -> None:
-        """Append ``(items, payload)`` records in one call (one fsync) and count the outcome.
-
-        A record too large for the spool to ever hold is split in halves, re-encoded, until the
-        offending event stands alone: it is dropped as ``oversize`` and the rest are stored.
-        """
-        total = sum(len(items) for items, _ in parts)
-        try:
-            result = self.spool().append([payload for _, payload in parts], priority=priority)
-        except Exception as exc:
-            self.stats.drop(DropReason.SPOOL_FULL, total)
-            logger.error("agentemit: spool write failed (%s); %d event(s) lost", exc, total)
-            return
-        stored = sum(len(items) for items, _ in parts[: result.stored])
-        self.stats.add("spilled", stored)
-        with self._count_lock:
-            self._in_spool += stored
-        if not result.too_large:
-            self.stats.drop(DropReason.SPOOL_FULL, total - stored)
-            return
-        (items, payload), rest = parts[result.stored], parts[result.stored + 1 :]
-        if len(items) > 1:
-            middle = len(items) // 2
-            self._store_in_spool([(half, encode(half)) for half in (items[:middle], items[middle:])], encode, priority)
-        else:
-            self.stats.drop(
-                DropReason.OVERSIZE,
-                detail=f"{_describe(items[0])} ({len(payload):,} bytes encoded), more than the spool can hold "
-                f"(spool_max_bytes={self.config.spool_max_bytes:,})",
-            )
-        if rest:
-            self._store_in_spool(rest, encode, priority)
-
-    def _encodable(self, span: Span) -> bool:
-        try:
-            encode_span(span)
-        except Exception as exc:
-            self.stats.drop(DropReason.INVALID)
-            logger.warning("agentemit: span %s (%s) cannot be encoded, dropped: %s", span.span_id, span.name, exc)
-            return False
-        return True
-
-    def _on_evicted(self, entry: SpoolEntry) -> None:
-        header = spill_format.read_header(entry.payload)
-        count = header.count if header else 0
-        if header is not None and header.owner != self._owner:
-            with self._count_lock:
-                self._recovered += count
-        self.stats.drop(DropReason.SPOOL_FULL, count)
-        with self._count_lock:
-            self._in_spool -= count
+        """Deliver what dead processes left in sibling spool directories; returns spans delivered."""
+        return self._spooler.recover_orphans(lambda orphan: self._replay_from(orphan, flush_all=True))
 
     def _run_spiller(self) -> None:
         with _exporting():
@@ -661,18 +522,19 @@ class Pipeline:
 
     def _spill_part(self, records: list[RawRecord], priority: int) -> None:
         try:
-            self._spool_raw(records, priority)
+            self._spooler.spool_raw(records, priority)
         except Exception as exc:
             self.stats.drop(DropReason.INVALID, len(records))
             logger.error("agentemit: could not spill %d event(s): %s", len(records), exc)
 
     def _replay(self, flush_all: bool, deadline: float | None = None) -> None:
         """Replay spooled batches, oldest first, while the sink answers (worker thread)."""
-        if self._closed or self._spool is None or self._spool.pending_records() == 0:
+        spool = self._spooler.current
+        if self._closed or spool is None or spool.pending_records() == 0:
             return  # closed: shutdown() closed the spool; a worker outliving it must not touch it
         if not self._sink_healthy and self.clock() < self._next_probe and not flush_all:
             return
-        self._replay_from(self._spool, flush_all, deadline)
+        self._replay_from(spool, flush_all, deadline)
 
     def _replay_from(self, spool: Spool, flush_all: bool, deadline: float | None = None) -> int:
         """Replay ``spool`` (see ``pipeline/replay.py``); stops on a failure, when fresh events are
@@ -684,20 +546,6 @@ class Pipeline:
             return deadline is None or time.monotonic() < deadline
 
         return self._replayer.replay(spool, keep_going)
-
-    def _settle_spooled(self, header: spill_format.SpillHeader, progress: RecordProgress) -> None:
-        """A spool record is done with: commit its counts; its events leave ``in_spool`` (ours) or
-        join ``recovered``."""
-        if progress.taken:
-            self.stats.add("exported", progress.taken)
-            self.stats.add("replayed", progress.taken)
-        for reason, count in progress.drops.items():
-            self.stats.drop(reason, count)
-        with self._count_lock:
-            if header.owner == self._owner:
-                self._in_spool -= header.count
-            else:
-                self._recovered += header.count
 
     # --- ticks, flush, shutdown, stats ----------------------------------------------------------
 
@@ -753,21 +601,21 @@ class Pipeline:
                 self.run_once(flush_all=True)
             with self._idle:
                 self._idle.wait(min(0.01, max(0.0, deadline - time.monotonic())))
-        while not self.pending() and self._spool is not None and time.monotonic() < deadline:
+        while not self.pending() and self._spooler.current is not None and time.monotonic() < deadline:
             if self._export_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 try:
                     self._replay(True, deadline)
                 finally:
                     self._export_lock.release()
-            if not drain_spool or self._spool.pending_records() == 0:
+            if not drain_spool or self._spooler.pending_records() == 0:
                 break
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def _report(self, started: float, exported_before: int, *, drain_spool: bool = False) -> FlushReport:
         pending = self.pending()
         with self._count_lock:
-            in_spool = self._in_spool
-        spool_empty = self._spool is None or self._spool.pending_records() == 0
+            in_spool = self._spooler.in_spool
+        spool_empty = self._spooler.pending_records() == 0
         return FlushReport(
             completed=pending == 0 and (spool_empty or not drain_spool),
             delivered=self.stats.exported - exported_before,
@@ -802,8 +650,7 @@ class Pipeline:
                 self.sink.shutdown(max(0.0, deadline - time.monotonic()))
         except Exception as exc:
             logger.warning("agentemit: sink shutdown failed: %s", exc)
-        if self._spool is not None:
-            self._spool.close()
+        self._spooler.close()
         _live_pipelines.discard(self)
         del report
         return self._report(started, exported_before)
@@ -815,7 +662,7 @@ class Pipeline:
         with self._count_lock:
             self._taken += len(leftovers)
         try:
-            self._spool_raw(leftovers, 0)
+            self._spooler.spool_raw(leftovers, 0)
         except Exception:
             self.stats.drop(DropReason.SHUTDOWN, len(leftovers))
 
@@ -823,7 +670,8 @@ class Pipeline:
         """Counters plus derived figures; ``emitted`` is exact when the pipeline is quiet."""
         drops = self.stats.drop_counts()
         with self._count_lock:
-            taken, inflight, in_spool, recovered = self._taken, self._inflight, self._in_spool, self._recovered
+            taken, inflight = self._taken, self._inflight
+            in_spool, recovered = self._spooler.in_spool, self._spooler.recovered
         queued = len(self.lanes) + len(self._spill)
         hot = sum(c.value for c in self.stats.hot_drops.values())
         stage_stats: dict[str, dict[str, Any]] = {}
@@ -848,16 +696,10 @@ class Pipeline:
 
     def _after_fork_in_child(self) -> None:
         """The child starts empty: the parent still owns (and will deliver) what was queued."""
-        if self._spool is not None:
-            self._spool.abandon_after_fork()
-        self._spool = None
-        self._owner = os.urandom(8)
-        self._init_runtime_state()
+        self._spooler.abandon_after_fork()
+        self._init_runtime_state(None)
         if self._start_threads:
             self.start()
-
-
-_HIGH_NAMES = frozenset({"agentlightning.reward", "agentlightning.exception"})
 
 
 @contextlib.contextmanager
@@ -876,19 +718,12 @@ def _exporting() -> Iterator[None]:
         CURRENT.reset(rollout_token)
 
 
-def _describe(item: RawRecord | Span) -> str:
-    """Names an event in a loss message: its kind (raw record) or span name, and span id."""
-    if isinstance(item, Span):
-        return f"{item.name} span {item.span_id}"
-    return f"{item[0]} event"
-
-
 def _refusal(span: Span, result: ExportResult) -> Loss:
     """How to count a span the sink refused alone: ``oversize`` when refused for its size."""
     if result.too_large:
-        detail = f"{_describe(span)} ({_encoded_size(span)} encoded), refused alone by the sink: {result.error}"
+        detail = f"{describe_event(span)} ({_encoded_size(span)} encoded), refused alone by the sink: {result.error}"
         return DropReason.OVERSIZE, 1, detail
-    return DropReason.INVALID, 1, f"{_describe(span)} refused by the sink: {result.error}"
+    return DropReason.INVALID, 1, f"{describe_event(span)} refused by the sink: {result.error}"
 
 
 def _encoded_size(span: Span) -> str:
@@ -896,22 +731,6 @@ def _encoded_size(span: Span) -> str:
         return f"{len(encode_span(span)):,} bytes"
     except Exception:  # it reached the sink, so it encodes; this is a loss message, never a crash
         return "size unknown"
-
-
-def _split_by_bytes(records: list[RawRecord], max_bytes: int) -> list[list[RawRecord]]:
-    """Consecutive parts of ``records``, each closed once its estimated bytes reach ``max_bytes``."""
-    parts: list[list[RawRecord]] = []
-    part: list[RawRecord] = []
-    size = 0
-    for record in records:
-        part.append(record)
-        size += record[12]
-        if size >= max_bytes:
-            parts.append(part)
-            part, size = [], 0
-    if part:
-        parts.append(part)
-    return parts
 
 
 def _is_high(kind: str) -> bool:
