@@ -20,7 +20,6 @@ offending event stands alone, so the rest of the batch is still spooled or deliv
 from __future__ import annotations
 
 import atexit
-import contextlib
 import dataclasses
 import logging
 import os
@@ -28,17 +27,15 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import context as otel_context
-
-from agentemit.codec import encode_span
 from agentemit.emit.events import HIGH_PRIORITY_EVENT_KINDS as _HIGH_EVENTS
 from agentemit.emit.events import event_policies
 from agentemit.pipeline.builder import build_span
 from agentemit.pipeline.config import HIGH_PRIORITY_KINDS, PipelineConfig
+from agentemit.pipeline.delivery import Delivery, exporting
 from agentemit.pipeline.lanes import SPILL_SHARE, Lanes
 from agentemit.pipeline.replay import (
     DropCounter,
@@ -47,19 +44,18 @@ from agentemit.pipeline.replay import (
     replay_budget,
 )
 from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
-from agentemit.pipeline.sink import ExportResult, Sink
+from agentemit.pipeline.sink import Sink
 from agentemit.pipeline.spool import Spool
-from agentemit.pipeline.spooling import SpoolWriter, describe_event
+from agentemit.pipeline.spooling import SpoolWriter
 from agentemit.pipeline.stats import DropReason, PipelineStats
 from agentemit.span import Span, decode_attributes
-from agentemit.tracing.context import CURRENT, RawRecord
+from agentemit.tracing.context import RawRecord
 
 logger = logging.getLogger("agentemit")
 
 Stage = Callable[[Span], "Span | None"]
 _SPILL_CHUNK = 2000  # records the spill thread takes at a time: one spool append, one fsync
 _HIGH = HIGH_PRIORITY_KINDS
-Loss = tuple[DropReason, int, str]  # (reason, events, what to log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +127,7 @@ class Pipeline:
         self._spooler = SpoolWriter(
             self.config, self.stats, name=self.name, resource=self.resource, count_lock=self._count_lock, spool=spool
         )
+        self._delivery = Delivery(self.sink, self.config, self.stats, self._spooler, self.clock)
         self.lanes = Lanes(self.config)
         self._high = self.lanes.high
         self._low = self.lanes.low
@@ -142,7 +139,7 @@ class Pipeline:
         self._last_oversize: tuple[str, int] | None = None  # (kind, size) of the latest refused at emit
         self._replayer = Replayer(
             build=self._build,
-            deliver=self._redeliver,
+            deliver=self._delivery.redeliver,
             settle=self._spooler.settle,
             drop=self.stats.drop,
             batch_size=self._export_batch,
@@ -158,8 +155,6 @@ class Pipeline:
         self._flush_all = threading.Event()
         self._idle = threading.Condition()
         self._closed = False
-        self._sink_healthy = True
-        self._next_probe = 0.0
         self._worker: threading.Thread | None = None
         self._spiller: threading.Thread | None = None
         self._pid = os.getpid()
@@ -298,7 +293,7 @@ class Pipeline:
             self._spiller.start()
 
     def _run_worker(self) -> None:
-        with _exporting():
+        with exporting():
             self._worker_loop()
 
     def _worker_loop(self) -> None:
@@ -371,7 +366,7 @@ class Pipeline:
             self._inflight += len(records)
         try:
             spans = self._build(records)
-            taken = self._deliver(spans)
+            taken = self._delivery.deliver(spans)
             if taken:
                 self.stats.add("exported", taken)
         finally:
@@ -404,78 +399,6 @@ class Pipeline:
                 spans.append(span)
         return spans
 
-    def _deliver(self, spans: list[Span], *, replaying: bool = False, drop: DropCounter | None = None) -> int | None:
-        """Export one batch; returns how many spans the sink took.
-
-        A batch the sink refuses for good is split until each refused span stands alone; those are
-        counted ``oversize`` (refused for their size) or ``invalid``. None means a retryable failure:
-        unless replaying, the batch (or the failed part of it) went to the spool. A replay that
-        returns None leaves its spool record to be replayed whole, so its refusals are counted then,
-        once, not now. Callers count what was taken as exported.
-        """
-        losses: list[Loss] = []
-        taken = self._export_split(spans, replaying, losses)
-        if taken is not None or not replaying:
-            for reason, count, detail in losses:
-                self._count_loss(reason, count, detail, drop)
-        return taken
-
-    def _count_loss(self, reason: DropReason, count: int, detail: str, drop: DropCounter | None) -> None:
-        """Count on the stats (their loss log is rate-limited) or on ``drop``, a replayed record's tally
-        that is committed when the record settles (logged here, as the stats would)."""
-        if drop is None:
-            self.stats.drop(reason, count, detail=detail)
-        else:
-            drop(reason, count)
-            logger.warning("agentemit: %d event(s) dropped as %s: %s", count, reason.value, detail)
-
-    def _export_split(
-        self,
-        spans: list[Span],
-        replaying: bool,
-        losses: list[Loss],
-    ) -> int | None:
-        """:meth:`_deliver` without the counting: what the sink refused for good goes to ``losses``."""
-        if not spans:
-            return 0
-        if not self._sink_healthy and not replaying and self.clock() < self._next_probe:
-            self._spooler.spool_built(spans)
-            return None
-        started = self.clock()
-        try:
-            with _exporting():
-                result = self.sink.export(spans)
-        except Exception as exc:  # sinks must not raise; if one does, treat it as a retryable failure
-            result = ExportResult.failure(f"{type(exc).__name__}: {exc}")
-        self.stats.export_latency.observe(self.clock() - started)
-        self.stats.add("batches")
-        if result.ok:
-            self._sink_healthy = True
-            if result.rejected:  # accepted, with some spans refused (the receiver does not say which)
-                losses.append((DropReason.INVALID, result.rejected, result.error or "rejected by the sink"))
-            return len(spans) - result.rejected
-        self.stats.add("export_failed")
-        if not result.retryable:
-            if len(spans) > 1:  # isolate the bad or oversize span(s): one never poisons a batch
-                middle = len(spans) // 2
-                left = self._export_split(spans[:middle], replaying, losses)
-                right = self._export_split(spans[middle:], replaying, losses)
-                if replaying and (left is None or right is None):
-                    return None  # the record stays in the spool; what was taken is counted on its re-replay
-                return (left or 0) + (right or 0)
-            losses.append(_refusal(spans[0], result))
-            return 0  # refused for good: counted by _deliver, nothing to retry
-        self._sink_healthy = False
-        self._next_probe = self.clock() + min(self.config.retry_max_delay, self.config.flush_interval)
-        if not replaying:
-            self._spooler.spool_built(spans)
-        logger.warning("agentemit: export failed (%s); batch spooled to disk for replay", result.error)
-        return None
-
-    def _redeliver(self, spans: list[Span], drop: DropCounter) -> int | None:
-        """Deliver a batch read back from a spool (a failure leaves it there, not spooled again)."""
-        return self._deliver(spans, replaying=True, drop=drop)
-
     # --- spool --------------------------------------------------------------------------------
 
     def spool(self) -> Spool:
@@ -487,7 +410,7 @@ class Pipeline:
         return self._spooler.recover_orphans(lambda orphan: self._replay_from(orphan, flush_all=True))
 
     def _run_spiller(self) -> None:
-        with _exporting():
+        with exporting():
             while not (self._stop.is_set() and not self._spill):
                 self._spill_wake.wait(0.05)
                 self._spill_wake.clear()
@@ -532,7 +455,7 @@ class Pipeline:
         spool = self._spooler.current
         if self._closed or spool is None or spool.pending_records() == 0:
             return  # closed: shutdown() closed the spool; a worker outliving it must not touch it
-        if not self._sink_healthy and self.clock() < self._next_probe and not flush_all:
+        if self._delivery.waiting_for_probe() and not flush_all:
             return
         self._replay_from(spool, flush_all, deadline)
 
@@ -586,7 +509,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         self._flush_all.set()
         try:
-            with _exporting():  # exports from the caller's thread must not be traced either
+            with exporting():  # exports from the caller's thread must not be traced either
                 self._flush_until(deadline, drain_spool)
         finally:
             self._flush_all.clear()
@@ -646,7 +569,7 @@ class Pipeline:
         self._spill.clear()
         self._spool_leftovers(leftovers)
         try:
-            with _exporting():
+            with exporting():
                 self.sink.shutdown(max(0.0, deadline - time.monotonic()))
         except Exception as exc:
             logger.warning("agentemit: sink shutdown failed: %s", exc)
@@ -689,7 +612,7 @@ class Pipeline:
             queue_bytes=self.lanes.estimated_bytes(),
             in_spool=in_spool,
             recovered=recovered,
-            sink_healthy=self._sink_healthy,
+            sink_healthy=self._delivery.healthy,
             shedding=bool(self._shedder and self._shedder.shedding),
             dropped=drops,
         )
@@ -700,37 +623,6 @@ class Pipeline:
         self._init_runtime_state(None)
         if self._start_threads:
             self.start()
-
-
-@contextlib.contextmanager
-def _exporting() -> Iterator[None]:
-    """The context every export runs in, on any thread: no active rollout (emits inside a sink are
-    no-ops) and an empty OpenTelemetry context with instrumentation suppressed, so exporting never
-    produces spans of its own."""
-    rollout_token = CURRENT.set(None)
-    otel_token = otel_context.attach(
-        otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True, otel_context.Context())
-    )
-    try:
-        yield
-    finally:
-        otel_context.detach(otel_token)
-        CURRENT.reset(rollout_token)
-
-
-def _refusal(span: Span, result: ExportResult) -> Loss:
-    """How to count a span the sink refused alone: ``oversize`` when refused for its size."""
-    if result.too_large:
-        detail = f"{describe_event(span)} ({_encoded_size(span)} encoded), refused alone by the sink: {result.error}"
-        return DropReason.OVERSIZE, 1, detail
-    return DropReason.INVALID, 1, f"{describe_event(span)} refused by the sink: {result.error}"
-
-
-def _encoded_size(span: Span) -> str:
-    try:
-        return f"{len(encode_span(span)):,} bytes"
-    except Exception:  # it reached the sink, so it encodes; this is a loss message, never a crash
-        return "size unknown"
 
 
 def _is_high(kind: str) -> bool:
