@@ -17,7 +17,7 @@ from agentemit import emit_message
 from agentemit.emit.readers import get_message_value
 from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.pipeline import Pipeline
-from agentemit.pipeline.replay import replay_budget
+from agentemit.pipeline.replay import replay_hold_bytes
 from agentemit.pipeline.sink import ExportResult
 from agentemit.pipeline.spool import Spool, SpoolEntry
 from agentemit.pipeline.stats import unaccounted
@@ -93,7 +93,7 @@ def test_replay_hands_out_at_most_its_byte_budget_at_once(tmp_path: Path, pipeli
     emit_rounds(p, 3, 2_000)  # ~3.4 MB of spilled rows
     assert p.force_flush(30.0, drain_spool=True).completed
     assert len(sink.spans) == 6_000 and set(sink.deliveries.values()) == {1}
-    assert 0 < max(spool.handed_out) <= replay_budget(p.config)
+    assert 0 < max(spool.handed_out) <= replay_hold_bytes(p.config)
     assert spool.stats.replayed > 50  # many records, so the budget, not the spool's size, bounds each call
     snap = p.stats_snapshot()
     assert snap["in_spool"] == 0 and unaccounted(snap) == 0

@@ -41,7 +41,7 @@ from agentemit.pipeline.replay import (
     DropCounter,
     Replayer,
     export_batch,
-    replay_budget,
+    replay_hold_bytes,
 )
 from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
 from agentemit.pipeline.sink import Sink
@@ -143,7 +143,7 @@ class Pipeline:
             settle=self._spooler.settle,
             drop=self.stats.drop,
             batch_size=self._export_batch,
-            max_bytes=replay_budget(self.config),
+            max_bytes=replay_hold_bytes(self.config),
         )
         self._wake = threading.Event()
         self._spill_wake = threading.Event()
