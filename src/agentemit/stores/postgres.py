@@ -253,8 +253,10 @@ class PostgresStore(SpanStore):
         if not rows:
             return 0
         with pool.connection() as conn:
-            try:  # the usual batch holds only new spans: COPY it straight into the table
-                with conn.transaction(), conn.cursor().copy(self._copy_direct) as copy:
+            try:  # the usual batch holds only new spans: COPY it straight into the table, in autocommit
+                # (one statement is atomic on its own; BEGIN and COMMIT would be two more round trips,
+                # each retaking the GIL, which waits up to the switch interval while other requests run)
+                with conn.cursor().copy(self._copy_direct) as copy:
                     copy.set_types(_ROW_TYPES)
                     for row in rows:
                         copy.write_row(row)
