@@ -93,7 +93,10 @@ def worker_phases(directory: Path, n: int) -> list[tuple[str, float]]:
         phases.append(("SqliteStore: validate_batch", validate))
         phases.append(("SqliteStore: encode rows (orjson, sha256, reward)", encode))
         phases.append(
-            (f"SqliteStore: INSERT + COMMIT ({size}/txn), by difference", max(0.0, export - validate - encode))
+            (
+                f"SqliteStore: INSERT, one autocommit statement per {size}, by difference",
+                max(0.0, export - validate - encode),
+            )
         )
         return phases
     finally:
@@ -131,7 +134,7 @@ def server_phases(directory: Path, n: int) -> list[tuple[str, float]]:
         ("client: zstd compress", pack),
         ("server: zstd decompress (bounded)", unpack),
         ("server: codec.decode_batch (one parse, checksum, strict Span decoding)", decode),
-        (f"server: SqliteStore.add_many_spans ({SERVER_BATCH}/txn)", insert),
+        (f"server: SqliteStore.add_many_spans ({SERVER_BATCH} per call)", insert),
     ]
 
 
