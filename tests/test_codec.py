@@ -631,3 +631,14 @@ def test_values_opentelemetry_allows_but_a_span_cannot_hold_are_kept_as_text() -
     assert span.events[0].attributes == {"big": str(2**70)}
     assert span.resource["pid"] == str(2**63)
     assert_identical(codec.decode_span(codec.encode_span(span)), span)
+
+
+def test_encode_batch_writes_the_span_by_span_bytes_whether_or_not_the_batch_is_usual() -> None:
+    usual = [simple_span(i, attributes={"n": i, "f": 0.5, "s": "x"}) for i in range(5)]
+    unusual = [*usual, simple_span(9, attributes={"nan": math.nan, "t": (1, 2)})]  # needs the careful path
+    for spans in (usual, unusual, tuple(usual)):
+        body = codec.encode_batch(spans)
+        array = b"[" + b",".join(codec.encode_span(s) for s in spans) + b"]"
+        assert body.endswith(b',"spans":' + array + b"}")
+        for got, want in zip(codec.decode_batch(body), spans, strict=True):
+            assert_identical(got, want)
