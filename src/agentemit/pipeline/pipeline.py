@@ -15,6 +15,10 @@ An event too large to ever be held or delivered is dropped alone and counted ``o
 whose estimated size exceeds the bulk lanes' byte budget (``memory_threshold`` * 0.85 * 0.8, one int
 comparison); a batch the spool cannot store, or a sink refuses as too large, is split until the
 offending event stands alone, so the rest of the batch is still spooled or delivered.
+
+This module admits, queues and schedules; exporting a batch (and bisecting a refusal) is
+``delivery.Delivery``, writing to the spool and its counts ``spooling.SpoolWriter``, and reading the
+spool back ``replay.Replayer``.
 """
 
 from __future__ import annotations
