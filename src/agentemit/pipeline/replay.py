@@ -33,7 +33,7 @@ from agentemit.tracing.context import RawRecord
 
 logger = logging.getLogger("agentemit")
 
-REPLAY_SHARE = 0.05  # of memory_threshold: spool payloads one replay round holds at once
+REPLAY_SHARE = 0.05  # of memory_threshold: what replaying may hold (payloads in hand plus one record decoding)
 MIN_REPLAY_BYTES = 64 * 1024
 # orjson parses a document with a transient peak of about 14x its size (measured with tracemalloc,
 # orjson 3.13, 50 KB to 3 MB of raw rows); a record of 1/16 of the budget decodes within it.
@@ -49,7 +49,9 @@ def export_batch(config: PipelineConfig) -> int:
 
 
 def replay_budget(config: PipelineConfig) -> int:
-    """Payload bytes one replay round may hold: a share of ``memory_threshold``, at least 64 KiB.
+    """Bytes replaying may hold: a share of ``memory_threshold``, at least 64 KiB; split between the
+    payloads a round has in hand (:func:`replay_hold_bytes`) and decoding one record
+    (:func:`spool_record_bytes`).
 
     Replay runs when the queue is (nearly) empty, so this comes out of room the lanes leave.
     """
