@@ -96,6 +96,38 @@ def test_the_database_file_is_in_wal_mode_with_a_schema_version(tmp_path: Path) 
         conn.close()
 
 
+def _page_size(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_new_file_gets_the_store_page_size_and_an_existing_file_keeps_its_own(tmp_path: Path) -> None:
+    created = tmp_path / "new.db"
+    store = SqliteStore(created)
+    store.add_span(_span(0))
+    store.close()
+    assert _page_size(created) == 32768
+
+    existing = tmp_path / "old.db"
+    old = SqliteStore(existing, page_size=4096)
+    old.add_span(_span(0))
+    old.close()
+    reopened = SqliteStore(existing)  # the default differs; the file's own page size stands
+    reopened.add_span(_span(1))
+    assert [s.sequence_id for s in reopened.query_spans("r-fork")] == [0, 1]
+    reopened.close()
+    assert _page_size(existing) == 4096
+
+
+@pytest.mark.parametrize("page_size", [0, 1000, 131072, "4096", True])
+def test_a_page_size_sqlite_cannot_use_is_refused_naming_it(tmp_path: Path, page_size: Any) -> None:
+    with pytest.raises(ValueError, match="page_size"):
+        SqliteStore(tmp_path / "x.db", page_size=page_size)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_writes_through_its_own_connection_and_the_parent_keeps_working(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "forked.db")
