@@ -232,6 +232,18 @@ def test_a_bad_resource_after_a_shared_good_one_still_refuses_the_batch(store: S
     assert [s.resource for s in store.query_spans("r1")] == [shared] * 3
 
 
+def test_a_shared_resource_needing_the_careful_encoder_is_encoded_carefully_for_every_span(store: Store) -> None:
+    # The one-pass check skips a resource it found plain for an earlier span of the batch. A resource
+    # first seen on a span that took the careful path (here for its list attribute) was not found
+    # plain, so the next span sharing it must not be written by the fast path (NaN would become null).
+    shared = {"service.name": "svc", "load": math.nan, "peak": math.inf}
+    careful = dataclasses.replace(make_span(0, attributes={"ids": [1, 2]}), resource=shared)
+    plain = dataclasses.replace(make_span(1), resource=shared)
+    assert store.add_many_spans([careful, plain]) == 2
+    for got in store.query_spans("r1"):
+        assert math.isnan(got.resource["load"]) and got.resource["peak"] == math.inf  # type: ignore[arg-type]
+
+
 def test_a_batch_of_several_thousand_spans_is_stored_whole_or_not_at_all(store: Store) -> None:
     # Larger than one multi-row statement (SQLite writes 1,000 rows per statement): the failure comes
     # in the last chunk, after earlier chunks were already written inside the transaction.

@@ -29,7 +29,6 @@ from agentemit.server.security import decompress_bounded
 from agentemit.span import Span
 from agentemit.stores import SqliteStore
 from agentemit.stores._rows import iter_rows
-from agentemit.stores._rows import validate_batch as validate_rows
 from agentemit.tracing.context import RawRecord
 
 T = TypeVar("T")
@@ -65,10 +64,6 @@ def _encode_rows(batch: Sequence[Span]) -> None:
     _drain(iter_rows(batch, "sqlite"))  # streamed, as the store does: rows are not held
 
 
-def _validate_rows(batch: Sequence[Span]) -> None:
-    validate_rows(batch, "sqlite")
-
-
 def _stage_name(stage: object) -> str:
     return str(getattr(stage, "__name__", type(stage).__name__))
 
@@ -87,16 +82,11 @@ def worker_phases(directory: Path, n: int) -> list[tuple[str, float]]:
             phases.append((f"stage {_stage_name(stage)}", seconds))
         size = pipeline.config.batch_size
         batches = [spans[i : i + size] for i in range(0, len(spans), size)]
-        validate, _ = _time_each(_validate_rows, batches)
         encode, _ = _time_each(_encode_rows, batches)
         export, _ = _time_each(pipeline.sink.export, batches)
-        phases.append(("SqliteStore: validate_batch", validate))
-        phases.append(("SqliteStore: encode rows (orjson, sha256, reward)", encode))
+        phases.append(("SqliteStore: validate and encode rows, one pass (orjson, sha256, reward)", encode))
         phases.append(
-            (
-                f"SqliteStore: INSERT, one autocommit statement per {size}, by difference",
-                max(0.0, export - validate - encode),
-            )
+            (f"SqliteStore: INSERT, one autocommit statement per {size}, by difference", max(0.0, export - encode))
         )
         return phases
     finally:

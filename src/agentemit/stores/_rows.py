@@ -88,12 +88,8 @@ def _text_ok(span: Span) -> bool:
     )
 
 
-def _field_problem(span: Span, checked_resource: object = None) -> tuple[str, str] | None:
-    """The first invalid field of ``span`` and what is wrong with it, or None.
-
-    ``checked_resource`` is a resource dict already found valid in this batch (spans of one
-    pipeline share theirs), so it is not walked again.
-    """
+def _field_problem(span: Span) -> tuple[str, str] | None:
+    """The first invalid field of ``span`` and what is wrong with it, or None (the careful path)."""
     if not _text_ok(span):
         for name in _NONEMPTY_TEXT + _TEXT:
             value = getattr(span, name)
@@ -117,7 +113,7 @@ def _field_problem(span: Span, checked_resource: object = None) -> tuple[str, st
         return "status", f"is {span.status!r}; expected one of UNSET, OK, ERROR"
     if span.status_description is not None and not isinstance(span.status_description, str):
         return "status_description", f"is {type(span.status_description).__name__}; expected None or a str"
-    return _attributes_problem(span, checked_resource)
+    return _attributes_problem(span)
 
 
 def _bad_attribute(attrs: object) -> str | None:
@@ -143,14 +139,13 @@ def _bad_attribute(attrs: object) -> str | None:
     return None
 
 
-def _attributes_problem(span: Span, checked_resource: object = None) -> tuple[str, str] | None:
+def _attributes_problem(span: Span) -> tuple[str, str] | None:
     problem = _bad_attribute(span.attributes)
     if problem is not None:
         return "attributes", problem
-    if span.resource is not checked_resource:
-        problem = _bad_attribute(span.resource)
-        if problem is not None:
-            return "resource", problem
+    problem = _bad_attribute(span.resource)
+    if problem is not None:
+        return "resource", problem
     if not isinstance(span.events, list):
         return "events", f"is {type(span.events).__name__}; expected a list of SpanEvent"
     for i, event in enumerate(span.events):
@@ -187,23 +182,68 @@ def _reward(span: Span) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def validate_batch(spans: Sequence[Span], backend: str) -> None:
-    """Check every span's fields; raises ``ValueError`` naming the first bad span and field."""
-    checked_resource: object = None
-    for index, span in enumerate(spans):
-        if not isinstance(span, Span):
-            raise ValueError(f"{backend} store: batch item {index} is {type(span).__name__}, not a Span")
-        problem = _field_problem(span, checked_resource)
-        if problem is not None:
-            raise ValueError(f"{backend} store: {_describe(span, index)}: {problem[0]} {problem[1]}")
-        checked_resource = span.resource
+def _valid_and_plain(span: Span, resource_known_plain: bool) -> bool:
+    """True when ``span`` is valid (exact types, every key part set, no NUL) and plain for the codec,
+    decided in one pass over its values; False sends it to the careful path, which names the problem.
 
-
-def encode_row(span: Span, index: int, backend: str) -> SpanRow:
-    """The stored row of an already validated span; ``ValueError`` if its values cannot be encoded."""
+    Only exact types pass here, so anything unusual (subclasses, lists, a float time) is judged by
+    :func:`_field_problem` and the codec's checked encoder, never waved through.
+    """
+    if type(span) is not Span or not _text_ok(span):
+        return False
+    parent = span.parent_id
+    if parent is not None and (type(parent) is not str or "\x00" in parent):
+        return False
+    sequence_id, start_time, end_time = span.sequence_id, span.start_time, span.end_time
+    if type(sequence_id) is not int or type(start_time) is not int or type(end_time) is not int:
+        return False
+    if sequence_id < _INT64_MIN or start_time < _INT64_MIN or end_time < _INT64_MIN:
+        return False  # the codec's plain check covers the upper bound
+    status, description = span.status, span.status_description
+    if type(status) is not str or status not in _STATUSES:
+        return False
+    if description is not None and type(description) is not str:
+        return False
+    if type(span.attributes) is not dict or (not resource_known_plain and type(span.resource) is not dict):
+        return False
+    events = span.events
+    if type(events) is not list:
+        return False
+    for event in events:
+        if (
+            type(event) is not SpanEvent
+            or type(event.name) is not str
+            or type(event.timestamp) is not int
+            or event.timestamp < _INT64_MIN
+            or type(event.attributes) is not dict
+        ):
+            return False
     try:
-        data = codec.encode_span(span)
+        return codec.is_plain_span(span, resource_known_plain=resource_known_plain)
+    except TypeError:
+        return False
+
+
+def _checked(span: object, index: int, backend: str) -> None:
+    """The careful path: raise ``ValueError`` naming the first bad field of ``span``, if any."""
+    if not isinstance(span, Span):
+        raise ValueError(f"{backend} store: batch item {index} is {type(span).__name__}, not a Span")
+    problem = _field_problem(span)
+    if problem is not None:
+        raise ValueError(f"{backend} store: {_describe(span, index)}: {problem[0]} {problem[1]}")
+
+
+def encode_row(span: Span, index: int, backend: str, plain: bool) -> SpanRow:
+    """The stored row of a span; ``plain`` says :func:`_valid_and_plain` found it valid and plain.
+
+    Raises:
+        ValueError: a field is invalid or cannot be encoded (the message names the span and field).
+    """
+    try:
+        data = codec.encode_span(span, known_plain=plain)
     except (TypeError, ValueError) as exc:
+        if plain:  # a fault the one-pass check leaves to orjson (a non-str key): name it as validation does
+            _checked(span, index, backend)
         field = _unencodable_field(span)
         where = f"{backend} store: {_describe(span, index)}"
         raise ValueError(f"{where}: {field} cannot be encoded as JSON: {exc}") from exc
@@ -224,23 +264,28 @@ def encode_row(span: Span, index: int, backend: str) -> SpanRow:
     )
 
 
-def build_rows(spans: Sequence[Span], backend: str) -> list[SpanRow]:
-    """Validate and encode a whole batch; raises ``ValueError`` naming the first bad span and field.
-
-    Nothing is written by the caller until this returns, so an invalid batch is never stored in part.
-    """
-    validate_batch(spans, backend)
-    return [encode_row(span, index, backend) for index, span in enumerate(spans)]
-
-
 def iter_rows(spans: Sequence[Span], backend: str, first_index: int = 0) -> Iterator[SpanRow]:
-    """Rows encoded one at a time, for stores that write inside a transaction they roll back on error.
+    """Validate and encode spans one at a time; raises ``ValueError`` naming the first bad span and field.
 
-    Holding a whole batch of encoded rows costs about 3 µs a span in allocator work (measured:
-    BENCHMARKS.md); streaming them lets each row's buffer be reused. Call :func:`validate_batch` first.
+    A store must not write a batch in part, so it either builds all rows before writing (see
+    :func:`build_rows`) or writes them inside a transaction it rolls back on error. Streaming lets
+    each row's buffer be reused (holding a whole batch of rows costs about 3 µs a span in allocator
+    work: BENCHMARKS.md). Validation and the codec's check for values orjson may write as they are
+    walk each span once together; only a span that fails it is walked again, to name the problem.
     """
+    plain_resource: object = None  # the last resource found valid and plain (spans share theirs)
     for index, span in enumerate(spans, first_index):
-        yield encode_row(span, index, backend)
+        plain = _valid_and_plain(span, span.resource is plain_resource if type(span) is Span else False)
+        if plain:
+            plain_resource = span.resource
+        else:
+            _checked(span, index, backend)
+        yield encode_row(span, index, backend, plain)
+
+
+def build_rows(spans: Sequence[Span], backend: str) -> list[SpanRow]:
+    """Every row of a batch, built before the caller writes any (so an invalid batch stores nothing)."""
+    return list(iter_rows(spans, backend))
 
 
 def check_page(limit: int | None, offset: int, backend: str) -> None:

@@ -30,7 +30,6 @@ from agentemit.stores._rows import (
     iter_rows,
     register_fork_aware,
     row_problem,
-    validate_batch,
 )
 from agentemit.stores.base import AttemptSelector, RolloutSummary, SpanStore
 
@@ -237,7 +236,6 @@ class SqliteStore(SpanStore):
 
     def add_many_spans(self, spans: Sequence[Span]) -> int:
         self._check_open()
-        validate_batch(spans, "sqlite")
         with self._lock:
             conn = self._connection()
             if not spans:
