@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,37 @@ def test_fully_acked_segments_are_deleted_and_the_rest_kept(tmp_path: Path) -> N
         drain(spool)
         assert len(segment_files(tmp_path)) == 1  # the active one stays open until rotated or closed
     assert segment_files(tmp_path) == []
+
+
+def test_a_segment_copied_under_a_later_name_replays_each_record_once(tmp_path: Path) -> None:
+    # Records out of place (here duplicates of another segment's) cannot enter the sequence-ordered
+    # index twice; duplicates of pending records are not damage, so nothing is counted corrupt.
+    with Spool(tmp_path) as spool:
+        spool.append(payloads("p", 3))
+    [original] = segment_files(tmp_path)
+    (tmp_path / f"seg-{10**6:020d}.wal").write_bytes(original.read_bytes())
+    with Spool(tmp_path) as spool:
+        assert drain(spool) == payloads("p", 3)
+        assert spool.stats.corrupt_records == 0
+        spool.append(payloads("q", 1))
+        assert drain(spool) == payloads("q", 1)
+
+
+def test_the_index_of_pending_records_costs_a_few_dozen_bytes_each(tmp_path: Path) -> None:
+    # A spool of many small records must not hold an object per record (that was ~250 bytes each,
+    # outside any memory budget); tracemalloc counts the index's allocations exactly.
+    with Spool(tmp_path, durability="none") as spool:
+        spool.append(payloads("warm", 10))
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(20):
+                spool.append([b"x" * 40] * 1_000)
+            per_record = (tracemalloc.get_traced_memory()[0] - before) / 20_000
+        finally:
+            tracemalloc.stop()
+        assert spool.pending_records() == 20_010
+    assert per_record < 48, f"{per_record:.0f} bytes of index per pending record"
 
 
 @pytest.mark.parametrize("durability", ["none", "batch", "always"])
