@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from agentemit import codec, semconv
 from agentemit.compression import compress
 from agentemit.pipeline.otlp import spans_to_otlp
+from agentemit.server import runner
 from agentemit.server.app import create_app
 from agentemit.server.runner import ServerThread, is_loopback, serve
 from agentemit.server.security import AUDIT_LOGGER, RateLimiter
@@ -298,6 +301,34 @@ def test_serve_refuses_a_non_loopback_host_without_a_token(monkeypatch: pytest.M
         serve("memory", host="0.0.0.0")
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.8.0.1")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org") and not is_loopback("10.0.0.1")
+
+
+GC_CHILD = """
+import gc, sys
+from agentemit.server.app import create_app
+from agentemit.server.runner import SERVER_GC_THRESHOLD, tune_gc_for_serving
+from agentemit.stores import open_store
+create_app(open_store("memory"))
+tune_gc_for_serving()
+assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()  # the app's heap is out of collections
+assert gc.get_threshold()[0] == SERVER_GC_THRESHOLD
+cycle = []; cycle.append(cycle); del cycle  # garbage made after the freeze is still collected
+assert gc.collect() >= 1
+"""
+
+
+def test_the_server_process_freezes_its_startup_heap_and_still_collects_cycles() -> None:
+    # In a child process: the collector's settings are process-wide, and the test runner's stay as they are.
+    done = subprocess.run([sys.executable, "-c", GC_CHILD], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_serve_tunes_the_collector_after_building_the_app_and_before_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(runner, "tune_gc_for_serving", lambda: calls.append("tune"))
+    monkeypatch.setattr(runner.uvicorn, "run", lambda app, **kw: calls.append(f"run {kw['host']}:{kw['port']}"))
+    serve("memory", port=4799)
+    assert calls == ["tune", "run 127.0.0.1:4799"]
 
 
 def test_create_app_refuses_nonsense_limits(store: SpanStore) -> None:

@@ -29,12 +29,14 @@ SERVER_TARGET = 50_000
 def serve(store_url: str) -> None:
     """Child side: serve the store at ``store_url`` on an ephemeral loopback port until stdin closes."""
     from agentemit.server.app import create_app
-    from agentemit.server.runner import ServerThread
+    from agentemit.server.runner import ServerThread, tune_gc_for_serving
     from agentemit.stores import open_store
 
     store = open_store(store_url)
     try:
-        with ServerThread(create_app(store), "127.0.0.1", 0) as server:
+        app = create_app(store)
+        tune_gc_for_serving()  # as `agentemit serve` does
+        with ServerThread(app, "127.0.0.1", 0) as server:
             serve_until_stdin_closes(server.url)
     finally:
         store.close()
