@@ -96,7 +96,7 @@ class RolloutContext:
         self.records = records
         self.sampled_out = sampled_out
         self.on_sampled_out = on_sampled_out
-        self.new_span_id = new_span_id or _span_ids
+        self.new_span_id = new_span_id  # None: the process-wide generator (looked up per call: fork-safe)
         self.root_otel_span = root_otel_span
         self.parent = parent
 
@@ -119,7 +119,7 @@ class RolloutContext:
             now,
             attrs,
             self.trace_hex,
-            self.new_span_id(),
+            _span_ids.next_id() if self.new_span_id is None else self.new_span_id(),  # C call, no frame
             parent_id,
             next(self.sequence),
             self.rollout_id,
