@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -32,9 +33,10 @@ from agentemit import (
     get_message_value,
     semconv,
 )
+from agentemit.pipeline.builder import build_span
 from agentemit.stores import InMemoryStore, SqliteStore
 from agentemit.testing import CapturedSpans, capture_spans, sequential_ids
-from agentemit.tracing.context import RolloutContext
+from agentemit.tracing.context import CURRENT, RawRecord, RolloutContext, counter
 
 pytest_plugins = ["pytester"]  # the conftest guard is checked by running a small test file
 
@@ -585,3 +587,33 @@ def test_the_conftest_guard_fails_tests_whose_agentemit_errors_were_swallowed(py
     result.assert_outcomes(passed=3, failed=2)
     result.stdout.fnmatch_lines(["*agentemit logged 1 error(s) it swallowed*", "*spool write failed*"])
     result.stdout.fnmatch_lines(["*worker crashed*"])
+
+
+def test_records_of_the_usual_rewards_and_messages_leave_the_collectors_lists_and_build_the_same_spans() -> None:
+    # A queued record holding a dict is walked by every garbage collection until the worker takes
+    # it; the usual rewards and messages hold flat pairs of plain values, which CPython untracks.
+    captured: list[RawRecord] = []
+    ctx = RolloutContext(
+        rollout_id="r-gc", attempt_id="a-0", trace_id=0xABC, span_id=0x1, sequence=counter(), deliver=captured.append
+    )
+    token = CURRENT.set(ctx)
+    try:
+        emit_reward(0.5)
+        emit_message("hello")
+        emit_message("with attributes", attributes={"tool": "search"})  # a dict: tracked, and that is fine
+    finally:
+        CURRENT.reset(token)
+    gc.collect()
+    gc.collect()  # a record is untracked once its attribute tuple is (either may be examined first)
+    assert [gc.is_tracked(r) for r in captured] == [False, False, True]
+    reward, message, attributed = (build_span(r, {}).attributes for r in captured)
+    assert reward == {
+        semconv.REWARD_LEGACY: 0.5,
+        semconv.reward_name_key(0): semconv.PRIMARY_REWARD_NAME,
+        semconv.reward_value_key(0): 0.5,
+        semconv.ROLLOUT_ID: "r-gc",
+        semconv.ATTEMPT_ID: "a-0",
+        semconv.SPAN_SEQUENCE_ID: 0,
+    }
+    assert message[semconv.MESSAGE_BODY] == message[semconv.MESSAGE_LEGACY] == "hello"
+    assert attributed["tool"] == "search" and attributed[semconv.MESSAGE_BODY] == "with attributes"

@@ -21,6 +21,10 @@ _float = float
 _isfinite = math.isfinite
 _PRIMARY_NAME_KEY = semconv.reward_name_key(0)
 _PRIMARY_VALUE_KEY = semconv.reward_value_key(0)
+_BODY = semconv.MESSAGE_BODY
+_LEGACY_BODY = semconv.MESSAGE_LEGACY
+_LEGACY_REWARD = semconv.REWARD_LEGACY
+_PRIMARY_NAME = semconv.PRIMARY_REWARD_NAME
 
 
 def _check_attributes(where: str, attributes: Any) -> None:
@@ -50,10 +54,12 @@ def emit_message(message: str, *, attributes: Mapping[str, Any] | None = None) -
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("message")
-    attrs: dict[str, Any] = {semconv.MESSAGE_BODY: message, semconv.MESSAGE_LEGACY: message}
-    if attributes:
-        attrs = _merge_attributes(attrs, attributes)
+    if not attributes:  # flat pairs: a record of plain values only, which the collector can untrack
+        ctx.emit("message", semconv.SPAN_MESSAGE, (_BODY, message, _LEGACY_BODY, message), len(message))
+        return None
+    attrs = _merge_attributes({_BODY: message, _LEGACY_BODY: message}, attributes)
     ctx.emit("message", semconv.SPAN_MESSAGE, attrs, len(message))  # one str, held under two keys
+    return None
 
 
 def _reward_number(value: Any, what: str) -> float:
@@ -131,6 +137,12 @@ def emit_reward(
         TypeError: a value is not a number (the message names the dimension).
         ValueError: a value is NaN or infinite, or ``primary_key`` is missing or unknown.
     """
+    if type(reward) is float and primary_key is None and attributes is None and _isfinite(reward):
+        ctx = CURRENT.get()  # the usual call: flat pairs, a record the collector can untrack
+        if ctx is None:
+            return count_no_tracer("reward")
+        flat = (_LEGACY_REWARD, reward, _PRIMARY_NAME_KEY, _PRIMARY_NAME, _PRIMARY_VALUE_KEY, reward)
+        return ctx.emit("reward", semconv.SPAN_REWARD, flat)
     attrs = reward_attributes(reward, primary_key)
     if attributes is not None:  # checked inline: most calls pass none
         _check_attributes("emit_reward", attributes)

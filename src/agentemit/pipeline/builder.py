@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from agentemit import semconv
 from agentemit.span import Attributes, Span, SpanEvent, StatusName
 from agentemit.tracing.context import RawRecord
@@ -18,7 +20,7 @@ def build_span(record: RawRecord, resource: Attributes) -> Span:
         return span
     # Emitted attributes are already normalized (flatten_attributes makes tuples), and the record
     # owns its dict, so it becomes the span's attributes without a copy.
-    attrs: Attributes = record[4]
+    attrs = as_attributes(record[4])
     rollout_id, attempt_id, sequence_id = record[9], record[10], record[8]
     attrs[semconv.ROLLOUT_ID] = rollout_id
     attrs[semconv.ATTEMPT_ID] = attempt_id
@@ -48,6 +50,13 @@ def build_span(record: RawRecord, resource: Attributes) -> Span:
         events,
         resource,  # shared, read-only by convention: every span of a pipeline has the same resource
     )
+
+
+def as_attributes(attrs: Attributes | tuple[Any, ...]) -> Attributes:
+    """A record's attributes as a dict: emitters may pass flat ``(key, value, key, value ...)`` pairs."""
+    if type(attrs) is tuple:
+        return dict(zip(attrs[::2], attrs[1::2], strict=True))
+    return attrs  # type: ignore[return-value]
 
 
 def _hex16(value: int) -> str:

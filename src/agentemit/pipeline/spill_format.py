@@ -17,7 +17,7 @@ from typing import Any, cast
 import orjson
 
 from agentemit import codec
-from agentemit.pipeline.builder import build_span, resolve_deferred
+from agentemit.pipeline.builder import as_attributes, build_span, resolve_deferred
 from agentemit.span import Span, decode_attributes, encode_attributes
 from agentemit.tracing.context import RawRecord
 
@@ -50,10 +50,11 @@ def encode_raw(records: Sequence[RawRecord], owner: bytes, resource: Mapping[str
         if r[0] == "otel":
             rows.append(["otel", build_span(r, dict(resource)).to_dict()])
         else:
+            attrs = as_attributes(r[4])
             if r[0] == "exception":
-                resolve_deferred(r[4])
+                resolve_deferred(attrs)
             row: list[Any] = list(r[:11])
-            row[4] = encode_attributes(r[4])  # JSON has no NaN/inf: tag them as the codec does
+            row[4] = encode_attributes(attrs)  # JSON has no NaN/inf: tag them as the codec does
             rows.append(row)
     return _HEADER.pack(MAGIC, b"R", owner, len(records)) + orjson.dumps(rows)
 

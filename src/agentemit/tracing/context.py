@@ -9,7 +9,7 @@ Raw record layout (index: meaning)::
     0 kind        "message" | "reward" | "exception" | "object" | "event.<name>" | "otel"
     1 name        span name
     2 start_ns    3 end_ns
-    4 attributes  dict (owned by the record from now on)
+    4 attributes  dict (owned by the record from now on), or flat (key, value, key, value ...) pairs
     5 trace_id    32-digit hex of the rollout's trace
     6 span_id     int (64-bit)
     7 parent_id   int (64-bit) or 0
@@ -17,6 +17,11 @@ Raw record layout (index: meaning)::
     9 rollout_id  10 attempt_id
     11 extra      None, or the OpenTelemetry ReadableSpan for kind "otel"
     12 size       estimated bytes in memory (RECORD_OVERHEAD + the big strings the emitter knows of)
+
+The usual rewards and messages carry flat pairs, not a dict: a tuple holding only plain values (and
+tuples of them) is dropped from the garbage collector's lists the first times it survives a
+collection, while one holding a dict is traversed by every collection until the worker takes it. A
+backlog of 100,000 queued records would otherwise be walked again by each full collection.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 from opentelemetry import context as _otel_context
 from opentelemetry.trace.propagation import _SPAN_KEY
 
-RawRecord = tuple[str, str, int, int, dict[str, Any], str, int, int, int, str, str, Any, int]
+RawRecord = tuple[str, str, int, int, "dict[str, Any] | tuple[Any, ...]", str, int, int, int, str, str, Any, int]
 RECORD_OVERHEAD = 700  # a raw record's tuple, attribute dict, ints and short strings, measured roughly
 Deliver = Callable[[RawRecord], None]
 
@@ -100,7 +105,7 @@ class RolloutContext:
         self.root_otel_span = root_otel_span
         self.parent = parent
 
-    def emit(self, kind: str, name: str, attrs: dict[str, Any], size: int = 0) -> None:
+    def emit(self, kind: str, name: str, attrs: dict[str, Any] | tuple[Any, ...], size: int = 0) -> None:
         """Record one event span; the hot path. Never blocks except under the ``block`` policy."""
         if kind in self.sampled_out:
             self.on_sampled_out()
