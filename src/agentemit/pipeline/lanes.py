@@ -47,6 +47,7 @@ class Lanes:
         return self.high if kind in HIGH_PRIORITY_KINDS else self.low
 
     def has_room(self, high: bool) -> bool:
+        """Room for one more record of the high or a bulk lane (``Pipeline.submit`` inlines this test)."""
         if high:
             return len(self.high) + len(self.low) < self.high_capacity and self.queued_bytes < self.high_budget
         return len(self.high) + len(self.low) < self.low_capacity and self.queued_bytes < self.low_budget

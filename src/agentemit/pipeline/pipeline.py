@@ -175,10 +175,14 @@ class Pipeline:
         if size > self._max_event_bytes:  # could never be held: the one check this path adds
             self._refuse_oversize(record)
             return
-        high = kind in _HIGH or kind in _HIGH_EVENTS
-        lane = self._high if high else self._low
         lanes = self.lanes
-        if lanes.has_room(high):
+        if kind in _HIGH or kind in _HIGH_EVENTS:
+            high, lane = True, self._high
+            room = len(lane) + len(self._low) < lanes.high_capacity and lanes.queued_bytes < lanes.high_budget
+        else:
+            high, lane = False, self._low
+            room = len(lane) + len(self._high) < lanes.low_capacity and lanes.queued_bytes < lanes.low_budget
+        if room:  # Lanes.has_room, inlined: one Python call fewer on every emit
             lane.append(record)
             lanes.queued_bytes += size
             if len(lane) == self._batch_size:
