@@ -18,13 +18,8 @@ def build_span(record: RawRecord, resource: Attributes) -> Span:
         for key, value in resource.items():  # the SDK provider's resource wins; ours fills in the worker and pid
             span.resource.setdefault(key, value)
         return span
-    # Emitted attributes are already normalized (flatten_attributes makes tuples), and the record
-    # owns its dict, so it becomes the span's attributes without a copy.
-    attrs = as_attributes(record[4])
     rollout_id, attempt_id, sequence_id = record[9], record[10], record[8]
-    attrs[semconv.ROLLOUT_ID] = rollout_id
-    attrs[semconv.ATTEMPT_ID] = attempt_id
-    attrs[semconv.SPAN_SEQUENCE_ID] = sequence_id
+    attrs = _span_attributes(record[4], rollout_id, attempt_id, sequence_id)
     parent = record[7]
     status: StatusName = "UNSET"
     description: str | None = None
@@ -52,11 +47,49 @@ def build_span(record: RawRecord, resource: Attributes) -> Span:
     )
 
 
+_ROLLOUT_ID, _ATTEMPT_ID, _SEQUENCE_ID = semconv.ROLLOUT_ID, semconv.ATTEMPT_ID, semconv.SPAN_SEQUENCE_ID
+
+
+def _span_attributes(
+    attrs: Attributes | tuple[Any, ...], rollout_id: str, attempt_id: str, sequence_id: int
+) -> Attributes:
+    """The span's attributes: the record's, then the rollout identity Agent Lightning's readers expect.
+
+    Emitted attributes are already normalized (flatten_attributes makes tuples) and the record owns
+    its dict, so a dict becomes the span's without a copy. The flat pairs of a reward or a message
+    are built into the final dict in one step (no resize for the identity keys).
+    """
+    if type(attrs) is tuple:
+        size = len(attrs)
+        if size == 6:  # a reward
+            return {
+                attrs[0]: attrs[1],
+                attrs[2]: attrs[3],
+                attrs[4]: attrs[5],
+                _ROLLOUT_ID: rollout_id,
+                _ATTEMPT_ID: attempt_id,
+                _SEQUENCE_ID: sequence_id,
+            }
+        if size == 4:  # a message
+            return {
+                attrs[0]: attrs[1],
+                attrs[2]: attrs[3],
+                _ROLLOUT_ID: rollout_id,
+                _ATTEMPT_ID: attempt_id,
+                _SEQUENCE_ID: sequence_id,
+            }
+    out = as_attributes(attrs)
+    out[_ROLLOUT_ID] = rollout_id
+    out[_ATTEMPT_ID] = attempt_id
+    out[_SEQUENCE_ID] = sequence_id
+    return out
+
+
 def as_attributes(attrs: Attributes | tuple[Any, ...]) -> Attributes:
     """A record's attributes as a dict: emitters may pass flat ``(key, value, key, value ...)`` pairs."""
-    if type(attrs) is tuple:
-        return dict(zip(attrs[::2], attrs[1::2], strict=True))
-    return attrs  # type: ignore[return-value]
+    if type(attrs) is not tuple:
+        return attrs  # type: ignore[return-value]
+    return dict(zip(attrs[::2], attrs[1::2], strict=True))
 
 
 def _hex16(value: int) -> str:
@@ -65,9 +98,9 @@ def _hex16(value: int) -> str:
 
 def _stamp_identity(attrs: Attributes, span: Span) -> None:
     """Rollout identity also lives in the attributes, as Agent Lightning's readers expect."""
-    attrs[semconv.ROLLOUT_ID] = span.rollout_id
-    attrs[semconv.ATTEMPT_ID] = span.attempt_id
-    attrs[semconv.SPAN_SEQUENCE_ID] = span.sequence_id
+    attrs[_ROLLOUT_ID] = span.rollout_id
+    attrs[_ATTEMPT_ID] = span.attempt_id
+    attrs[_SEQUENCE_ID] = span.sequence_id
 
 
 def resolve_deferred(attrs: Attributes) -> None:
