@@ -159,3 +159,20 @@ def _span(seq: int) -> Span:
         attempt_id="a1",
         sequence_id=seq,
     )
+
+
+def test_a_span_without_a_reward_stores_null_and_its_data_reads_back_as_bytes(tmp_path: Path) -> None:
+    # The store binds a missing reward as NaN and the data as a bytearray (both bind without sqlite3's
+    # adapter protocol); the file must still hold SQL NULL and a BLOB.
+    path = tmp_path / "spans.db"
+    store = SqliteStore(path)
+    store.add_span(_span(0))
+    store.close()
+    conn = sqlite3.connect(path)
+    try:
+        reward, kind, data = conn.execute("SELECT reward, typeof(data), data FROM spans").fetchone()
+        assert conn.execute("SELECT COUNT(*) FROM spans WHERE reward IS NULL").fetchone() == (1,)
+    finally:
+        conn.close()
+    assert reward is None and kind == "blob" and type(data) is bytes
+    assert json.loads(data)["span_id"] == _span(0).span_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -74,9 +75,24 @@ def _insert_sql(rows: int) -> str:
     return f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES {values} ON CONFLICT DO NOTHING"
 
 
+# Python's sqlite3 binds only exact int, float, str and bytearray directly: any other value, None and
+# bytes included, goes through its adapter protocol, which raises and clears two AttributeErrors per
+# value (~4,000 instructions a row for the data blob and a missing reward: 11% of an insert, measured
+# with callgrind). A float NaN binds directly and SQLite stores it as NULL, as it would None.
+_NULL_REAL = math.nan
+
+
 def _flat_params(chunk: Sequence[Span], first_index: int) -> list[object]:
     """The parameters of one multi-row INSERT: every row's columns, row after row."""
-    return [value for row in iter_rows(chunk, "sqlite", first_index) for value in row]
+    params: list[object] = []
+    extend, append = params.extend, params.append
+    for row in iter_rows(chunk, "sqlite", first_index):
+        extend(row[:10])  # the key, ids, name, times and status: str and int, or parent_id None at a root
+        reward = row.reward
+        append(_NULL_REAL if reward is None else reward)
+        append(row.checksum)
+        append(bytearray(row.data))
+    return params
 
 
 # The attempt holding the rollout's newest span (max start_time, then sequence_id, then attempt_id).
