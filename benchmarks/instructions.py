@@ -14,8 +14,8 @@ Workloads:
 * ``sqlite``: the bench's end-to-end run (9 messages : 1 reward) into ``SqliteStore`` through the
   pipeline until ``force_flush`` returns: emitter, worker and store together; per event.
 
-Needs valgrind (Debian's package). Counts are not times: a C routine may count differently under
-valgrind (OpenSSL's sha256 loses its SHA-NI path there), so compare counts with counts. Run
+Needs valgrind (Debian's package). Counts are not times: a C routine may take another path under
+valgrind (OpenSSL's sha256 counts like its generic code there), so compare counts with counts. Run
 ``python benchmarks/instructions.py [emit|sqlite ...]``; figures are in BENCHMARKS.md.
 """
 
