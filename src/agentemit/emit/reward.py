@@ -66,7 +66,8 @@ def reward(fn: Callable[P, R]) -> Callable[P, R]:
             raise
         if type(result) not in _NEVER_AWAITABLE and inspect.isawaitable(result):
             return cast(R, _emit_when_done(result))
-        _emit_result(result)
+        if result is not None:  # _emit_result, inlined: one Python call fewer per sync call
+            emit_reward(result)
         return result
 
     return wrapper
