@@ -60,7 +60,7 @@ def reward(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            result = fn(*args, **kwargs)
+            result: Any = fn(*args, **kwargs)  # a reward value or an awaitable of one
         except Exception as exc:
             emit_exception(exc, escaped=True)
             raise
