@@ -60,14 +60,14 @@ def reward(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            result: Any = fn(*args, **kwargs)  # a reward value or an awaitable of one
+            result = fn(*args, **kwargs)
         except Exception as exc:
             emit_exception(exc, escaped=True)
             raise
         if type(result) not in _NEVER_AWAITABLE and inspect.isawaitable(result):
             return cast(R, _emit_when_done(result))
         if result is not None:  # _emit_result, inlined: one Python call fewer per sync call
-            emit_reward(result)
+            emit_reward(result)  # type: ignore[arg-type]  # R is whatever a reward function returns
         return result
 
     return wrapper
