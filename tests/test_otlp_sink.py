@@ -18,6 +18,7 @@ from _ports import closed_port_url
 from agentemit import emit_message, semconv
 from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.otlp import OtlpHttpSink, parse_retry_after, spans_to_otlp, spans_to_otlp_via_sdk
+from agentemit.pipeline.otlp_wire import encode_request
 from agentemit.pipeline.pipeline import Pipeline
 from agentemit.pipeline.stats import unaccounted
 from agentemit.span import Attributes, Span, SpanEvent
@@ -74,6 +75,50 @@ def test_direct_encoding_is_identical_to_the_sdk_encoding_of_readable_spans() ->
     assert direct == reference
     assert direct.SerializeToString(deterministic=True) == reference.SerializeToString(deterministic=True)
     assert len(direct.resource_spans) == 3
+
+
+def _unusual_spans() -> list[Span]:
+    """Values at the edges of proto3's encoding: defaults it leaves out, oneof members it keeps."""
+    first = make_span(0, resource={})
+    first.name = ""  # a default: no name field at all
+    first.start_time = 0  # likewise
+    first.attributes = {
+        "negative": -5,  # a 10-byte varint
+        "most": 2**63 - 1,
+        "least": -(2**63),
+        "false": False,  # a oneof member keeps its default
+        "empty": "",
+        "": "an empty key",  # the key field is left out
+        "none_here": (),  # an empty array is still an array
+        "mixed": (1, -2, 3),
+        "floats": (1.5, -0.0, float("inf")),
+        "long": "x" * 300,  # a two-byte length
+        "unicode": "ünï 🙂",
+    }
+    first.events = [SpanEvent("", 0), SpanEvent("e", 7, {"n": 1, "s": "t"})]
+    second = make_span(1, resource={"service.name": "other", "host.cores": 8, "tags": ("x", "y")})
+    second.status, second.status_description = "OK", "kept only on errors"
+    return [first, second, make_span(2), make_span(5)]
+
+
+def test_the_wire_encoder_writes_the_bytes_the_sdk_does() -> None:
+    # encode_request writes protobuf by hand; byte equality with the SDK's own encoding (of the same
+    # spans as ReadableSpans, deterministic field order) checks every tag, length and default rule.
+    for spans in (make_spans(30), _unusual_spans()):
+        expected = spans_to_otlp_via_sdk(spans).SerializeToString(deterministic=True)
+        assert encode_request(spans) == expected
+        assert spans_to_otlp(spans).SerializeToString(deterministic=True) == expected
+
+
+def test_the_wire_encoder_refuses_what_otlp_cannot_carry_and_names_the_span() -> None:
+    before = make_span(3)
+    before.start_time = -1
+    with pytest.raises(ValueError, match=r"'0000000000000004'.*start_time -1"):
+        encode_request([before])
+    surrogate = make_span(4)
+    surrogate.attributes["bad"] = "lone \ud800"
+    with pytest.raises(ValueError, match="surrogate"):
+        encode_request([surrogate])
 
 
 def test_direct_encoding_keeps_integers_beyond_64_bits_as_strings() -> None:

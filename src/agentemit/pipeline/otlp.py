@@ -1,7 +1,8 @@
 """OTLP/HTTP protobuf sink: delivers span batches to any OpenTelemetry collector.
 
-Spans are encoded straight from our :class:`~agentemit.span.Span` into ``opentelemetry.proto`` messages
-(:func:`spans_to_otlp`). Going through ``Span.to_readable_span()`` and the SDK's ``encode_spans``
+Spans are written straight from our :class:`~agentemit.span.Span` to protobuf wire bytes
+(``otlp_wire.encode_request``: no message objects, 1.6-1.8x faster than filling ``opentelemetry.proto``
+messages). Going through ``Span.to_readable_span()`` and the SDK's ``encode_spans``
 (:func:`spans_to_otlp_via_sdk`) yields the same message but costs several times more per span, because
 it builds SDK objects only to take them apart again. Rollout identity travels as the span attributes
 ``agentlightning.rollout_id`` / ``attempt_id`` / ``span_sequence_id``, exactly as ``to_readable_span``
@@ -14,7 +15,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 from opentelemetry import context as otel_context
@@ -23,148 +24,28 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, SpanFlags
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
-from agentemit import semconv
 from agentemit.compression import compress
+from agentemit.pipeline.otlp_wire import encode_request
 from agentemit.pipeline.sink import ExportResult
-from agentemit.span import AttributeValue, Span
+from agentemit.span import Span
 
 OtlpCompression = Literal["gzip", "none"]
 
 #: Statuses the OTLP/HTTP specification says to retry; every other 4xx/5xx must not be retried.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
-_STATUS_CODES = {"UNSET": 0, "OK": 1, "ERROR": 2}
-_SPAN_KIND_INTERNAL = PbSpan.SpanKind.SPAN_KIND_INTERNAL
-_SPAN_FLAGS = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK  # parent is known and is local
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _ERROR_BODY_CHARS = 200
 
 
-# --- encoding ------------------------------------------------------------------------------------
-
-
-def _set_value(out: AnyValue, value: Any) -> None:
-    kind = type(value)
-    if kind is str:
-        out.string_value = value
-    elif kind is bool:
-        out.bool_value = value
-    elif kind is int:
-        if _INT64_MIN <= value <= _INT64_MAX:
-            out.int_value = value
-        else:  # OTLP ints are 64-bit; the SDK drops such a value, a string keeps it
-            out.string_value = str(value)
-    elif kind is float:
-        out.double_value = value
-    elif kind is tuple or kind is list:
-        array = out.array_value
-        array.SetInParent()
-        for item in value:
-            _set_value(array.values.add(), item)
-    elif isinstance(value, str):  # subclasses, e.g. enums
-        out.string_value = str.__str__(value)
-    elif isinstance(value, int):  # bool is final, so this is an int subclass such as IntEnum
-        _set_value(out, int(value))
-    elif isinstance(value, float):
-        out.double_value = float(value)
-    elif isinstance(value, bytes):
-        out.bytes_value = value
-    elif value is not None:
-        out.string_value = str(value)
-
-
-def _add_attributes(out: Any, attributes: Mapping[str, AttributeValue]) -> None:
-    add = out.add
-    for key, value in attributes.items():
-        kv: KeyValue = add()
-        kv.key = key
-        if type(value) is str:  # the common case, inline: this loop dominates encoding time
-            kv.value.string_value = value
-        else:
-            _set_value(kv.value, value)
-
-
-def _ids(span: Span) -> tuple[bytes, bytes, bytes | None]:
-    try:
-        trace_id = bytes.fromhex(span.trace_id)
-        span_id = bytes.fromhex(span.span_id)
-        parent_id = bytes.fromhex(span.parent_id) if span.parent_id else None
-    except ValueError as exc:
-        raise ValueError(f"otlp: span {span.span_id!r} has an id that is not hex: {exc}") from exc
-    if len(trace_id) != 16 or len(span_id) != 8 or (parent_id is not None and len(parent_id) != 8):
-        raise ValueError(
-            f"otlp: span {span.span_id!r} ids must be 32/16 hex digits "
-            f"(trace_id {span.trace_id!r}, parent_id {span.parent_id!r})"
-        )
-    return trace_id, span_id, parent_id
-
-
-def _fill_span(out: PbSpan, span: Span) -> None:
-    out.trace_id, out.span_id, parent_id = _ids(span)
-    if parent_id is not None:
-        out.parent_span_id = parent_id
-    out.name = span.name
-    out.kind = _SPAN_KIND_INTERNAL
-    out.start_time_unix_nano = span.start_time
-    out.end_time_unix_nano = span.end_time
-    attrs = span.attributes
-    _add_attributes(out.attributes, attrs)
-    # Same identity keys, in the same order, as Span.to_readable_span (existing attributes win).
-    if semconv.ROLLOUT_ID not in attrs:
-        kv = out.attributes.add()
-        kv.key = semconv.ROLLOUT_ID
-        kv.value.string_value = span.rollout_id
-    if semconv.ATTEMPT_ID not in attrs:
-        kv = out.attributes.add()
-        kv.key = semconv.ATTEMPT_ID
-        kv.value.string_value = span.attempt_id
-    if semconv.SPAN_SEQUENCE_ID not in attrs:
-        kv = out.attributes.add()
-        kv.key = semconv.SPAN_SEQUENCE_ID
-        _set_value(kv.value, span.sequence_id)
-    for event in span.events:
-        pb_event = out.events.add()
-        pb_event.name = event.name
-        pb_event.time_unix_nano = event.timestamp
-        _add_attributes(pb_event.attributes, event.attributes)
-    status = out.status
-    status.SetInParent()
-    code = _STATUS_CODES[span.status]
-    if code:
-        status.code = code  # type: ignore[assignment]
-    if code == 2 and span.status_description:  # OpenTelemetry keeps a description only on errors
-        status.message = span.status_description
-    out.flags = _SPAN_FLAGS
-
-
 def spans_to_otlp(spans: Sequence[Span]) -> ExportTraceServiceRequest:
-    """Encode spans as one ``ExportTraceServiceRequest``, grouped by resource.
+    """The request the sink sends for ``spans``, as a message (for tests and tools; the sink sends the bytes).
 
     Equivalent to :func:`spans_to_otlp_via_sdk` except that it keeps integers beyond 64 bits (as strings)
     and event attributes beyond the SDK's 128-per-event limit. Raises ``ValueError`` naming a span whose
     ids are not 32/16 hex digits.
     """
-    request = ExportTraceServiceRequest()
-    groups: dict[frozenset[tuple[str, AttributeValue]], ScopeSpans] = {}
-    last_resource: object = None
-    scope: ScopeSpans | None = None
-    for span in spans:
-        if span.resource is not last_resource or scope is None:
-            last_resource = span.resource
-            key = frozenset(span.resource.items())
-            scope = groups.get(key)
-            if scope is None:
-                resource_spans = request.resource_spans.add()
-                resource_spans.resource.SetInParent()
-                _add_attributes(resource_spans.resource.attributes, span.resource)
-                scope = resource_spans.scope_spans.add()
-                scope.scope.SetInParent()
-                groups[key] = scope
-        _fill_span(scope.spans.add(), span)
+    request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(encode_request(spans))
     return request
 
 
@@ -299,7 +180,7 @@ class OtlpHttpSink:
         if not batch:
             return ExportResult.success(0)
         try:
-            body = spans_to_otlp(batch).SerializeToString()
+            body = encode_request(batch)
             if self.compression == "gzip":
                 body = compress(body, "gzip")
         except Exception as exc:  # a batch we cannot encode will never encode: do not retry it
