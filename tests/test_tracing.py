@@ -589,9 +589,9 @@ def test_the_conftest_guard_fails_tests_whose_agentemit_errors_were_swallowed(py
     result.stdout.fnmatch_lines(["*worker crashed*"])
 
 
-def test_records_of_the_usual_rewards_and_messages_leave_the_collectors_lists_and_build_the_same_spans() -> None:
+def test_usual_reward_message_and_object_records_leave_the_collectors_lists_and_build_the_same_spans() -> None:
     # A queued record holding a dict is walked by every garbage collection until the worker takes
-    # it; the usual rewards and messages hold flat pairs of plain values, which CPython untracks.
+    # it; the usual rewards, messages and objects hold flat pairs of plain values, which CPython untracks.
     captured: list[RawRecord] = []
     ctx = RolloutContext(
         rollout_id="r-gc", attempt_id="a-0", trace_id=0xABC, span_id=0x1, sequence=counter(), deliver=captured.append
@@ -600,13 +600,16 @@ def test_records_of_the_usual_rewards_and_messages_leave_the_collectors_lists_an
     try:
         emit_reward(0.5)
         emit_message("hello")
+        emit_object({"tool": "search", "hits": [1, 2]})
         emit_message("with attributes", attributes={"tool": "search"})  # a dict: tracked, and that is fine
     finally:
         CURRENT.reset(token)
     gc.collect()
     gc.collect()  # a record is untracked once its attribute tuple is (either may be examined first)
-    assert [gc.is_tracked(r) for r in captured] == [False, False, True]
-    reward, message, attributed = (build_span(r, {}).attributes for r in captured)
+    assert [gc.is_tracked(r) for r in captured] == [False, False, False, True]
+    reward, message, obj, attributed = (build_span(r, {}).attributes for r in captured)
+    assert obj[semconv.OBJECT_TYPE] == "dict" and obj[semconv.OBJECT_JSON] == '{"tool":"search","hits":[1,2]}'
+    assert captured[2][12] > len(obj[semconv.OBJECT_JSON])  # the JSON counts toward the record's size
     assert reward == {
         semconv.REWARD_LEGACY: 0.5,
         semconv.reward_name_key(0): semconv.PRIMARY_REWARD_NAME,

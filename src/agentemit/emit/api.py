@@ -225,7 +225,14 @@ def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> Non
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("object")
-    attrs = object_attributes(obj)
+    found = object_attributes(obj)
+    if type(found) is tuple:  # the usual JSON payload, as flat pairs the collector can untrack
+        if not attributes:
+            ctx.emit("object", semconv.SPAN_OBJECT, found, len(found[3]))
+            return None
+        attrs: dict[str, Any] = {found[0]: found[1], found[2]: found[3]}
+    else:
+        attrs = found  # type: ignore[assignment]
     if attributes:
         attrs = _merge_attributes(attrs, attributes)
         size = _text_size(attrs)
@@ -233,6 +240,7 @@ def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> Non
         payload = attrs.get(semconv.OBJECT_JSON) or attrs.get(semconv.OBJECT_REPR) or attrs.get(semconv.OBJECT_LITERAL)
         size = len(payload) if type(payload) is str else 0
     ctx.emit("object", semconv.SPAN_OBJECT, attrs, size)
+    return None
 
 
 # The built-in kinds are registered event types too (their priority is the pipeline's default lane).

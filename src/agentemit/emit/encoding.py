@@ -125,8 +125,12 @@ def bounded_repr(value: Any) -> str:
     return text
 
 
-def object_attributes(obj: Any) -> dict[str, AttributeValue]:
-    """Attributes of an object event: type, then a literal, JSON, or (marked) bounded repr."""
+def object_attributes(obj: Any) -> dict[str, AttributeValue] | tuple[str, str, str, str]:
+    """Attributes of an object event: type, then a literal, JSON, or (marked) bounded repr.
+
+    The usual dict, list or tuple comes back as flat pairs ``(type key, type, JSON key, JSON)``, as a
+    raw record carries them (see ``tracing/context.py``); anything else as a dict.
+    """
     cls = type(obj)
     if cls is dict or cls is list or cls is tuple:
         # The usual payload goes straight to orjson, datetimes, enums, UUIDs and numpy values inside
@@ -138,7 +142,7 @@ def object_attributes(obj: Any) -> dict[str, AttributeValue]:
             text = None
         if text is not None and _within_bounds(text):
             if len(text) <= MAX_JSON_BYTES:  # _with_json's common case, inline
-                return {semconv.OBJECT_TYPE: cls.__qualname__, semconv.OBJECT_JSON: text}
+                return (semconv.OBJECT_TYPE, cls.__qualname__, semconv.OBJECT_JSON, text)
             return _with_json({semconv.OBJECT_TYPE: cls.__qualname__}, text, truncated=False)
     attrs: dict[str, AttributeValue] = {semconv.OBJECT_TYPE: type_name(cls)}
     if obj is None:

@@ -70,7 +70,7 @@ def _span_attributes(
                 _ATTEMPT_ID: attempt_id,
                 _SEQUENCE_ID: sequence_id,
             }
-        if size == 4:  # a message
+        if size == 4:  # a message, or an object's type and JSON
             return {
                 attrs[0]: attrs[1],
                 attrs[2]: attrs[3],

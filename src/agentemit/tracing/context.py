@@ -18,7 +18,7 @@ Raw record layout (index: meaning)::
     11 extra      None, or the OpenTelemetry ReadableSpan for kind "otel"
     12 size       estimated bytes in memory (RECORD_OVERHEAD + the big strings the emitter knows of)
 
-The usual rewards and messages carry flat pairs, not a dict: a tuple holding only plain values (and
+The usual rewards, messages and objects carry flat pairs, not a dict: a tuple holding only plain values (and
 tuples of them) is dropped from the garbage collector's lists the first times it survives a
 collection, while one holding a dict is traversed by every collection until the worker takes it. A
 backlog of 100,000 queued records would otherwise be walked again by each full collection.
