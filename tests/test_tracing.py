@@ -33,6 +33,7 @@ from agentemit import (
     get_message_value,
     semconv,
 )
+from agentemit.bench import workload
 from agentemit.pipeline.builder import build_span
 from agentemit.stores import InMemoryStore, SqliteStore
 from agentemit.testing import CapturedSpans, capture_spans, sequential_ids
@@ -607,6 +608,8 @@ def test_usual_reward_message_and_object_records_leave_the_collectors_lists_and_
     gc.collect()
     gc.collect()  # a record is untracked once its attribute tuple is (either may be examined first)
     assert [gc.is_tracked(r) for r in captured] == [False, False, False, True]
+    assert captured[0][4] == workload.REWARD_PAIRS  # the benchmarks' synthetic records match the real ones
+    assert captured[1][4] == (semconv.MESSAGE_BODY, "hello", semconv.MESSAGE_LEGACY, "hello")
     reward, message, obj, attributed = (build_span(r, {}).attributes for r in captured)
     assert obj[semconv.OBJECT_TYPE] == "dict" and obj[semconv.OBJECT_JSON] == '{"tool":"search","hits":[1,2]}'
     assert captured[2][12] > len(obj[semconv.OBJECT_JSON])  # the JSON counts toward the record's size

@@ -29,7 +29,6 @@ from agentemit import emit_exception, emit_message, emit_object, emit_reward, re
 from agentemit.bench import workload
 from agentemit.bench.options import Options
 from agentemit.bench.report import Section, fmt_int, fmt_num, fmt_ratio, median, percentile
-from agentemit.emit.api import reward_attributes
 
 EMIT_TARGET_US = 1.5
 DICT_DEQUE_TARGET = 8.0
@@ -64,8 +63,7 @@ CASES = (
     Case("emit_object(dict)", "emit_object(obj)", "emit"),
     Case("emit_exception(exc)", "emit_exception(exc)", "emit"),
     Case("@reward-decorated call", "score()", "emit"),
-    Case("  of which reward_attributes(0.5)", "reward_attributes(0.5)", "part"),
-    Case("  of which RolloutContext.emit(...)", 'ctx.emit("reward", reward_name, {"reward": 0.5})', "part"),
+    Case("  of which RolloutContext.emit(...)", 'ctx.emit("reward", reward_name, reward_pairs)', "part"),
 )
 
 
@@ -142,7 +140,7 @@ def run(options: Options) -> Section:
         "obj": {"step": 3, "action": "search", "scores": [0.1, 0.2], "done": False},
         "exc": _caught_exception(),
         "score": _score,
-        "reward_attributes": reward_attributes,
+        "reward_pairs": workload.REWARD_PAIRS,
         "reward_name": semconv.SPAN_REWARD,
     }
     medians: dict[str, list[float]] = {c.label: [] for c in CASES}

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from agentemit import OtelTracer, PipelineConfig, emit_message, emit_reward, semconv
-from agentemit.emit.api import reward_attributes
 from agentemit.pipeline.builder import build_span
 from agentemit.span import Attributes, Span
 from agentemit.stores import SqliteStore
@@ -62,6 +61,16 @@ def count_events(db: Path) -> int:
     return count_rows(db, "WHERE name IN (?, ?)", EVENT_NAMES)
 
 
+REWARD_PAIRS = (  # the attributes emit_reward(0.5) hands its rollout (flat pairs: tracing/context.py)
+    semconv.REWARD_LEGACY,
+    0.5,
+    semconv.reward_name_key(0),
+    semconv.PRIMARY_REWARD_NAME,
+    semconv.reward_value_key(0),
+    0.5,
+)
+
+
 def make_records(
     n: int, tag: str, per_rollout: int = 1_000, message: Callable[[int], str] | None = None
 ) -> list[RawRecord]:
@@ -71,14 +80,15 @@ def make_records(
     now = time.time_ns()
     for i in range(n):
         rollout, seq = divmod(i, per_rollout)
+        # Attributes as flat pairs, as emit_reward(0.5) and emit_message(body) hand them over.
         if i % 10 == 9:
             kind, name = "reward", semconv.SPAN_REWARD
-            attrs: dict[str, Any] = reward_attributes(0.5)
+            attrs: tuple[Any, ...] = REWARD_PAIRS
             size = RECORD_OVERHEAD
         else:
             body = MESSAGE if message is None else message(i)
             kind, name = "message", semconv.SPAN_MESSAGE
-            attrs = {semconv.MESSAGE_BODY: body, semconv.MESSAGE_LEGACY: body}
+            attrs = (semconv.MESSAGE_BODY, body, semconv.MESSAGE_LEGACY, body)
             size = RECORD_OVERHEAD + len(body)
         records.append(
             (
