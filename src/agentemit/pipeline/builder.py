@@ -14,7 +14,7 @@ def build_span(record: RawRecord, resource: Attributes) -> Span:
     kind = record[0]
     if kind == "otel":
         span = Span.from_readable_span(record[11], rollout_id=record[9], attempt_id=record[10], sequence_id=record[8])
-        _stamp_identity(span.attributes, span)
+        _stamp_identity(span.attributes, span.rollout_id, span.attempt_id, span.sequence_id)
         for key, value in resource.items():  # the SDK provider's resource wins; ours fills in the worker and pid
             span.resource.setdefault(key, value)
         return span
@@ -79,9 +79,7 @@ def _span_attributes(
                 _SEQUENCE_ID: sequence_id,
             }
     out = as_attributes(attrs)
-    out[_ROLLOUT_ID] = rollout_id
-    out[_ATTEMPT_ID] = attempt_id
-    out[_SEQUENCE_ID] = sequence_id
+    _stamp_identity(out, rollout_id, attempt_id, sequence_id)
     return out
 
 
@@ -96,11 +94,11 @@ def _hex16(value: int) -> str:
     return f"{value:016x}"
 
 
-def _stamp_identity(attrs: Attributes, span: Span) -> None:
+def _stamp_identity(attrs: Attributes, rollout_id: str, attempt_id: str, sequence_id: int) -> None:
     """Rollout identity also lives in the attributes, as Agent Lightning's readers expect."""
-    attrs[_ROLLOUT_ID] = span.rollout_id
-    attrs[_ATTEMPT_ID] = span.attempt_id
-    attrs[_SEQUENCE_ID] = span.sequence_id
+    attrs[_ROLLOUT_ID] = rollout_id
+    attrs[_ATTEMPT_ID] = attempt_id
+    attrs[_SEQUENCE_ID] = sequence_id
 
 
 def resolve_deferred(attrs: Attributes) -> None:
