@@ -31,8 +31,8 @@ def build_span(record: RawRecord, resource: Attributes) -> Span:
         events.append(SpanEvent("exception", record[2], {k: v for k, v in attrs.items() if k.startswith("exception.")}))
     return Span(
         record[5],
-        _hex16(record[6]),
-        _hex16(parent) if parent else None,
+        f"{record[6]:016x}",  # span ids as 16 hex digits, formatted inline (no call per id)
+        f"{parent:016x}" if parent else None,
         record[1],
         record[2],
         record[3],
@@ -88,10 +88,6 @@ def as_attributes(attrs: Attributes | tuple[Any, ...]) -> Attributes:
     if type(attrs) is not tuple:
         return attrs  # type: ignore[return-value]
     return dict(zip(attrs[::2], attrs[1::2], strict=True))
-
-
-def _hex16(value: int) -> str:
-    return f"{value:016x}"
 
 
 def _stamp_identity(attrs: Attributes, rollout_id: str, attempt_id: str, sequence_id: int) -> None:

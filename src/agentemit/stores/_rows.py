@@ -6,6 +6,7 @@ refuses the batch whole in every store alike, and the row a store keeps is the s
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import weakref
@@ -58,6 +59,10 @@ class SpanRow(NamedTuple):
 
 
 COLUMNS: tuple[str, ...] = SpanRow._fields
+
+# SpanRow(a, b, ...) runs the namedtuple's Python-level __new__ (~0.45 us with 13 fields, measured);
+# tuple.__new__ on a tuple display builds the same row in C. Every stored span passes here.
+_new_row = functools.partial(tuple.__new__, SpanRow)
 
 
 def _describe(span: Span, index: int) -> str:
@@ -247,20 +252,22 @@ def encode_row(span: Span, index: int, backend: str, plain: bool) -> SpanRow:
         field = _unencodable_field(span)
         where = f"{backend} store: {_describe(span, index)}"
         raise ValueError(f"{where}: {field} cannot be encoded as JSON: {exc}") from exc
-    return SpanRow(
-        span.rollout_id,
-        span.attempt_id,
-        span.span_id,
-        span.trace_id,
-        span.parent_id,
-        span.name,
-        span.sequence_id,
-        span.start_time,
-        span.end_time,
-        span.status,
-        _reward(span),
-        codec.checksum(data),
-        data,
+    return _new_row(
+        (
+            span.rollout_id,
+            span.attempt_id,
+            span.span_id,
+            span.trace_id,
+            span.parent_id,
+            span.name,
+            span.sequence_id,
+            span.start_time,
+            span.end_time,
+            span.status,
+            _reward(span),
+            codec.checksum(data),
+            data,
+        )
     )
 
 
