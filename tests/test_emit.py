@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 import agentemit
 from agentemit import (
+    PipelineConfig,
     emit_exception,
     emit_message,
     emit_object,
@@ -255,6 +256,45 @@ def test_the_stacktrace_includes_the_cause_and_the_context_chain() -> None:
     assert "During handling of the above exception, another exception occurred" in stack  # __context__
     assert stack.rstrip().endswith("AgentToolError: tool call failed")
     assert "_fail_with_chain" in stack  # real frames, not just the message
+
+
+def _raise_then_emit_then_reraise() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        emit_exception(exc)
+        raise
+
+
+def _frame_the_exception_passes_after_the_emit() -> None:
+    _raise_then_emit_then_reraise()
+
+
+def test_the_stacktrace_is_the_one_at_emit_time_not_after_the_exception_propagated() -> None:
+    # The worker formats the trace later: frames the exception gains while propagating must not show.
+    parked = PipelineConfig(flush_interval=3600, batch_size=10_000, adaptive_sampling=False)
+    with (
+        capture_spans(config=parked) as captured,
+        captured.tracer.trace_context(rollout_id="r-late"),
+        pytest.raises(ValueError),
+    ):
+        _frame_the_exception_passes_after_the_emit()
+    (span,) = [s for s in captured.spans if s.name == semconv.SPAN_EXCEPTION]
+    stack = span.attributes[semconv.EXCEPTION_STACKTRACE]
+    assert isinstance(stack, str) and "in _raise_then_emit_then_reraise" in stack
+    assert "_frame_the_exception_passes_after_the_emit" not in stack
+
+
+def test_a_stacktrace_that_cannot_be_formatted_becomes_a_marker_and_the_event_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(exception: BaseException, traceback: object) -> str:
+        raise RuntimeError("frame inspection failed")
+
+    monkeypatch.setattr("agentemit.emit.api.format_stacktrace", broken)
+    span = one(lambda: emit_exception(KeyError("k")))
+    assert span.attributes[semconv.EXCEPTION_STACKTRACE] == "<stack trace unavailable: RuntimeError>"
+    assert span.attributes[semconv.EXCEPTION_TYPE] == "KeyError" and span.status == "ERROR"
 
 
 def test_a_builtin_exception_type_is_not_module_qualified() -> None:

@@ -6,8 +6,10 @@ validation (no tracer, a full queue, a failing store) is counted, never raised i
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import TracebackType
 from typing import Any
 
 from agentemit import semconv
@@ -15,7 +17,7 @@ from agentemit.emit.encoding import flatten_attributes, object_attributes, type_
 from agentemit.emit.events import register_builtin_type
 from agentemit.emit.no_tracer import count_no_tracer
 from agentemit.emit.stacktrace import format_stacktrace
-from agentemit.tracing.context import CURRENT
+from agentemit.tracing.context import CURRENT, as_attributes
 
 _float = float
 _isfinite = math.isfinite
@@ -155,38 +157,44 @@ def emit_reward(
 
 
 def exception_attributes(exception: BaseException, escaped: bool = False) -> dict[str, Any]:
-    """OpenTelemetry exception attributes; the stack trace includes chained causes."""
+    """OpenTelemetry exception attributes; the stack trace includes chained causes (formatted later)."""
+    return as_attributes(_exception_pairs(exception, escaped))
+
+
+def _exception_pairs(exception: BaseException, escaped: bool) -> tuple[Any, ...]:
+    """The exception attributes as flat pairs, as a raw record carries them (``tracing/context.py``)."""
     cls = type(exception)
     try:
         message = str(exception)
     except Exception:  # a broken __str__ must not turn recording an error into raising one
         message = f"<{cls.__name__} str() failed>"
-    return {
-        semconv.EXCEPTION_TYPE: type_name(cls),
-        semconv.EXCEPTION_MESSAGE: message,
-        semconv.EXCEPTION_STACKTRACE: DeferredStacktrace(exception),
-        semconv.EXCEPTION_ESCAPED: escaped,
-    }
+    return (
+        semconv.EXCEPTION_TYPE,
+        type_name(cls),
+        semconv.EXCEPTION_MESSAGE,
+        message,
+        semconv.EXCEPTION_STACKTRACE,
+        deferred_stacktrace(exception),
+        semconv.EXCEPTION_ESCAPED,
+        escaped,
+    )
 
 
-class DeferredStacktrace:
-    """An exception's stack trace, formatted later on the pipeline's worker (see ``emit/stacktrace.py``).
+def deferred_stacktrace(exception: BaseException) -> Callable[[], str]:
+    """An exception's stack trace, to be formatted later on the pipeline's worker: a zero-argument
+    callable (see ``pipeline/builder.resolve_deferred``), built in C by ``functools.partial``.
 
-    Holds the traceback object as it is at emit time: as an exception propagates, Python links new
-    frames in front of that object, never into it, so formatting it later gives the emit-time stack.
+    It holds the traceback object as it is at emit time: as an exception propagates, Python links
+    new frames in front of that object, never into it, so formatting it later gives the emit-time stack.
     """
+    return functools.partial(_format_stacktrace, exception, exception.__traceback__)
 
-    __slots__ = ("exception", "traceback")
 
-    def __init__(self, exception: BaseException) -> None:
-        self.exception = exception
-        self.traceback = exception.__traceback__
-
-    def format(self) -> str:
-        try:
-            return format_stacktrace(self.exception, self.traceback)
-        except Exception as exc:  # a broken __str__ or frame must not cost the event
-            return f"<stack trace unavailable: {type(exc).__name__}>"
+def _format_stacktrace(exception: BaseException, traceback: TracebackType | None) -> str:
+    try:
+        return format_stacktrace(exception, traceback)
+    except Exception as exc:  # a broken __str__ or frame must not cost the event
+        return f"<stack trace unavailable: {type(exc).__name__}>"
 
 
 def emit_exception(
@@ -207,10 +215,12 @@ def emit_exception(
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("exception")
-    attrs = exception_attributes(exception, escaped is True)
-    if attributes:
-        attrs = _merge_attributes(attrs, attributes)
-    ctx.emit("exception", semconv.SPAN_EXCEPTION, attrs, _STACKTRACE_SIZE)
+    pairs = _exception_pairs(exception, escaped is True)
+    if not attributes:  # flat pairs: no dict to build on the agent's thread
+        ctx.emit("exception", semconv.SPAN_EXCEPTION, pairs, _STACKTRACE_SIZE)
+        return None
+    ctx.emit("exception", semconv.SPAN_EXCEPTION, _merge_attributes(as_attributes(pairs), attributes), _STACKTRACE_SIZE)
+    return None
 
 
 def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> None:
@@ -230,7 +240,7 @@ def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> Non
         if not attributes:
             ctx.emit("object", semconv.SPAN_OBJECT, found, len(found[3]))
             return None
-        attrs: dict[str, Any] = {found[0]: found[1], found[2]: found[3]}
+        attrs: dict[str, Any] = as_attributes(found)
     else:
         attrs = found  # type: ignore[assignment]
     if attributes:

@@ -6,7 +6,7 @@ from typing import Any
 
 from agentemit import semconv
 from agentemit.span import Attributes, Span, SpanEvent, StatusName
-from agentemit.tracing.context import RawRecord
+from agentemit.tracing.context import RawRecord, as_attributes
 
 
 def build_span(record: RawRecord, resource: Attributes) -> Span:
@@ -83,13 +83,6 @@ def _span_attributes(
     return out
 
 
-def as_attributes(attrs: Attributes | tuple[Any, ...]) -> Attributes:
-    """A record's attributes as a dict: emitters may pass flat ``(key, value, key, value ...)`` pairs."""
-    if type(attrs) is not tuple:
-        return attrs  # type: ignore[return-value]
-    return dict(zip(attrs[::2], attrs[1::2], strict=True))
-
-
 def _stamp_identity(attrs: Attributes, rollout_id: str, attempt_id: str, sequence_id: int) -> None:
     """Rollout identity also lives in the attributes, as Agent Lightning's readers expect."""
     attrs[_ROLLOUT_ID] = rollout_id
@@ -100,5 +93,5 @@ def _stamp_identity(attrs: Attributes, rollout_id: str, attempt_id: str, sequenc
 def resolve_deferred(attrs: Attributes) -> None:
     """Format values the emitter deferred to the worker (an exception's stack trace), in place."""
     trace = attrs.get(semconv.EXCEPTION_STACKTRACE)
-    if trace is not None and type(trace) is not str:
-        attrs[semconv.EXCEPTION_STACKTRACE] = trace.format()  # type: ignore[union-attr]
+    if trace is not None and type(trace) is not str:  # emit.api.deferred_stacktrace: a callable
+        attrs[semconv.EXCEPTION_STACKTRACE] = trace()  # type: ignore[operator]

@@ -17,9 +17,9 @@ from typing import Any, cast
 import orjson
 
 from agentemit import codec
-from agentemit.pipeline.builder import as_attributes, build_span, resolve_deferred
+from agentemit.pipeline.builder import build_span, resolve_deferred
 from agentemit.span import Span, decode_attributes, encode_attributes
-from agentemit.tracing.context import RawRecord
+from agentemit.tracing.context import RawRecord, as_attributes
 
 MAGIC = b"AE1"
 _HEADER = struct.Struct(">3sc8sI")

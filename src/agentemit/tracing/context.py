@@ -21,7 +21,9 @@ Raw record layout (index: meaning)::
 The usual rewards, messages and objects carry flat pairs, not a dict: a tuple holding only plain values (and
 tuples of them) is dropped from the garbage collector's lists the first times it survives a
 collection, while one holding a dict is traversed by every collection until the worker takes it. A
-backlog of 100,000 queued records would otherwise be walked again by each full collection.
+backlog of 100,000 queued records would otherwise be walked again by each full collection. Exceptions
+carry flat pairs too (no dict to build on the agent's thread), though their deferred stack trace keeps
+them tracked.
 """
 
 from __future__ import annotations
@@ -136,6 +138,13 @@ class RolloutContext:
         if records is not None:
             records.append(record)
         self.deliver(record)
+
+
+def as_attributes(attrs: dict[str, Any] | tuple[Any, ...]) -> dict[str, Any]:
+    """A record's attributes as a dict: emitters may pass flat ``(key, value, key, value ...)`` pairs."""
+    if type(attrs) is not tuple:
+        return attrs  # type: ignore[return-value]
+    return dict(zip(attrs[::2], attrs[1::2], strict=True))
 
 
 class SpanIdGenerator:
