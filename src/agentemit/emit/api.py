@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 from agentemit import semconv
-from agentemit.emit.encoding import flatten_attributes, object_attributes, type_name
+from agentemit.emit.encoding import TYPE_NAME_CACHE, flatten_attributes, object_attributes, type_name
 from agentemit.emit.events import register_builtin_type
 from agentemit.emit.no_tracer import count_no_tracer
 from agentemit.emit.stacktrace import format_stacktrace
 from agentemit.tracing.context import CURRENT, as_attributes
 
 _float = float
+_partial = functools.partial
 _isfinite = math.isfinite
 _PRIMARY_NAME_KEY = semconv.reward_name_key(0)
 _PRIMARY_VALUE_KEY = semconv.reward_value_key(0)
@@ -170,24 +171,17 @@ def _exception_pairs(exception: BaseException, escaped: bool) -> tuple[Any, ...]
         message = f"<{cls.__name__} str() failed>"
     return (
         semconv.EXCEPTION_TYPE,
-        type_name(cls),
+        TYPE_NAME_CACHE.get(cls) or type_name(cls),  # the cache, looked up inline
         semconv.EXCEPTION_MESSAGE,
         message,
         semconv.EXCEPTION_STACKTRACE,
-        deferred_stacktrace(exception),
+        # The stack trace, formatted later on the pipeline's worker (see builder.resolve_deferred): a
+        # zero-argument callable built in C. It holds the traceback object as it is now: as an
+        # exception propagates, Python links new frames in front of that object, never into it.
+        _partial(_format_stacktrace, exception, exception.__traceback__),
         semconv.EXCEPTION_ESCAPED,
         escaped,
     )
-
-
-def deferred_stacktrace(exception: BaseException) -> Callable[[], str]:
-    """An exception's stack trace, to be formatted later on the pipeline's worker: a zero-argument
-    callable (see ``pipeline/builder.resolve_deferred``), built in C by ``functools.partial``.
-
-    It holds the traceback object as it is at emit time: as an exception propagates, Python links
-    new frames in front of that object, never into it, so formatting it later gives the emit-time stack.
-    """
-    return functools.partial(_format_stacktrace, exception, exception.__traceback__)
 
 
 def _format_stacktrace(exception: BaseException, traceback: TracebackType | None) -> str:

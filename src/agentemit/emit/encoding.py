@@ -189,17 +189,17 @@ def _with_json(attrs: dict[str, AttributeValue], text: str, *, truncated: bool) 
     return attrs
 
 
-_TYPE_NAMES: dict[type, str] = {}
+TYPE_NAME_CACHE: dict[type, str] = {}  # what type_name has worked out (hot paths look here first)
 
 
 def type_name(cls: type) -> str:
     """``module.Qualname`` (just ``Qualname`` for builtins), remembered per class: an agent emits few."""
-    name = _TYPE_NAMES.get(cls)
+    name = TYPE_NAME_CACHE.get(cls)
     if name is None:
         module = cls.__module__
         name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-        if len(_TYPE_NAMES) < 1024:  # bounded: classes made on the fly must not grow it for ever
-            _TYPE_NAMES[cls] = name
+        if len(TYPE_NAME_CACHE) < 1024:  # bounded: classes made on the fly must not grow it for ever
+            TYPE_NAME_CACHE[cls] = name
     return name
 
 
