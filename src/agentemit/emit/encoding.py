@@ -103,17 +103,6 @@ _NATIVE_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _orjson_dumps = orjson.dumps
 
 
-def _within_bounds(text: str) -> bool:
-    """Conservative bounds on orjson's text, counted in C: no more brackets than MAX_DEPTH means no
-    deeper nesting, fewer commas than MAX_ITEMS no longer container (else the walker cuts and marks
-    it). A text too short to break a bound is not counted: every bracket is closed, so at most half
-    of it opens one."""
-    size = len(text)
-    if size > 2 * MAX_DEPTH and text.count("[") + text.count("{") > MAX_DEPTH:
-        return False
-    return size < MAX_ITEMS or text.count(",") < MAX_ITEMS
-
-
 def bounded_repr(value: Any) -> str:
     """``repr`` that never raises and never exceeds :data:`MAX_REPR_CHARS`."""
     try:
@@ -140,10 +129,18 @@ def object_attributes(obj: Any) -> dict[str, AttributeValue] | tuple[str, str, s
             text: str | None = _orjson_dumps(obj, None, _NATIVE_JSON_OPTIONS).decode()
         except Exception:
             text = None
-        if text is not None and _within_bounds(text):
-            if len(text) <= MAX_JSON_BYTES:  # _with_json's common case, inline
-                return (semconv.OBJECT_TYPE, cls.__qualname__, semconv.OBJECT_JSON, text)
-            return _with_json({semconv.OBJECT_TYPE: cls.__qualname__}, text, truncated=False)
+        # Conservative bounds on orjson's text, counted in C (inline: this is the hot path): no more
+        # brackets than MAX_DEPTH means no deeper nesting, fewer commas than MAX_ITEMS no longer
+        # container (else the walker cuts and marks it). A text too short to break a bound is not
+        # counted: every bracket is closed, so at most half of it opens one.
+        if text is not None:
+            size = len(text)
+            if (size <= 2 * MAX_DEPTH or text.count("[") + text.count("{") <= MAX_DEPTH) and (
+                size < MAX_ITEMS or text.count(",") < MAX_ITEMS
+            ):
+                if size <= MAX_JSON_BYTES:  # _with_json's common case, inline
+                    return (semconv.OBJECT_TYPE, cls.__qualname__, semconv.OBJECT_JSON, text)
+                return _with_json({semconv.OBJECT_TYPE: cls.__qualname__}, text, truncated=False)
     attrs: dict[str, AttributeValue] = {semconv.OBJECT_TYPE: type_name(cls)}
     if obj is None:
         attrs[semconv.OBJECT_JSON] = "null"
