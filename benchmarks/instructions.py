@@ -13,10 +13,13 @@ Workloads:
   worker parked (large batch size) so only the emitting thread's work is counted; per pair.
 * ``sqlite``: the bench's end-to-end run (9 messages : 1 reward) into ``SqliteStore`` through the
   pipeline until ``force_flush`` returns: emitter, worker and store together; per event.
+* ``object`` and ``exception``: ``emit_object`` of the micro bench's dict and ``emit_exception`` of its
+  caught exception, 1,000 calls at a time with the queue emptied in between (as the micro bench
+  drains it between timed batches), worker parked; per call.
 
 Needs valgrind (Debian's package). Counts are not times: a C routine may take another path under
 valgrind (OpenSSL's sha256 counts like its generic code there), so compare counts with counts. Run
-``python benchmarks/instructions.py [emit|sqlite ...]``; figures are in BENCHMARKS.md.
+``python benchmarks/instructions.py [emit|sqlite|object|exception ...]``; figures are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -30,15 +33,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-SIZES = {"emit": (0, 20_000), "sqlite": (1_000, 21_000)}
-PER = {"emit": 2, "sqlite": 1}  # events per unit of the workload's count
+SIZES = {"emit": (0, 20_000), "sqlite": (1_000, 21_000), "object": (0, 20_000), "exception": (0, 20_000)}
+PER = {"emit": 2, "sqlite": 1, "object": 1, "exception": 1}  # events per unit of the workload's count
 
 
 def _child(workload: str, count: int) -> None:
     """The measured process: run ``workload`` with ``count`` units, then leave without teardown noise."""
-    from agentemit import emit_message, emit_reward
+    from agentemit import emit_exception, emit_message, emit_object, emit_reward
     from agentemit.bench import workload as bench_workload
     from agentemit.bench.e2e import timed_run
+    from agentemit.bench.micro import caught_exception
 
     directory = Path(tempfile.mkdtemp(prefix="agentemit-instructions-"))
     try:
@@ -51,6 +55,17 @@ def _child(workload: str, count: int) -> None:
                     emit_reward(0.5)
                     emit_message("hello")
                 tracer.pipeline.lanes.clear()
+        elif workload in ("object", "exception"):
+            tracer, _ = bench_workload.sqlite_tracer(
+                directory, memory_threshold=4 << 30, batch_size=1_000_000, flush_interval=3600
+            )
+            exception, obj = caught_exception(), bench_workload.OBJECT
+            call = (lambda: emit_object(obj)) if workload == "object" else (lambda: emit_exception(exception))
+            with tracer.trace_context("instructions"):
+                for start in range(0, count, 1_000):
+                    for _ in range(min(1_000, count - start)):
+                        call()
+                    tracer.pipeline.lanes.clear()
         else:
             tracer, store = bench_workload.sqlite_tracer(directory)
             run = timed_run(tracer, count, functools.partial(bench_workload.count_events, directory / "bench.db"))

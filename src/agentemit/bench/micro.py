@@ -93,7 +93,7 @@ def _failing_tool() -> None:
     raise ValueError("tool failed: timeout after 30 s")
 
 
-def _caught_exception() -> BaseException:
+def caught_exception() -> BaseException:
     try:
         _failing_tool()
     except ValueError as exc:
@@ -137,8 +137,8 @@ def run(options: Options) -> Section:
         "emit_object": emit_object,
         "emit_exception": emit_exception,
         "text": workload.MESSAGE,
-        "obj": {"step": 3, "action": "search", "scores": [0.1, 0.2], "done": False},
-        "exc": _caught_exception(),
+        "obj": workload.OBJECT,
+        "exc": caught_exception(),
         "score": _score,
         "reward_pairs": workload.REWARD_PAIRS,
         "reward_name": semconv.SPAN_REWARD,

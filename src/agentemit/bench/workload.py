@@ -20,6 +20,7 @@ from agentemit.stores import SqliteStore
 from agentemit.tracing.context import RECORD_OVERHEAD, RawRecord
 
 MESSAGE = "tool call returned 42 rows in 12 ms"
+OBJECT = {"step": 3, "action": "search", "scores": [0.1, 0.2], "done": False}  # what emit_object is timed with
 EVENT_NAMES = (semconv.SPAN_MESSAGE, semconv.SPAN_REWARD)
 
 
