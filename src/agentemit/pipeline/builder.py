@@ -93,5 +93,5 @@ def _stamp_identity(attrs: Attributes, rollout_id: str, attempt_id: str, sequenc
 def resolve_deferred(attrs: Attributes) -> None:
     """Format values the emitter deferred to the worker (an exception's stack trace), in place."""
     trace = attrs.get(semconv.EXCEPTION_STACKTRACE)
-    if trace is not None and type(trace) is not str:  # emit.api.deferred_stacktrace: a callable
+    if trace is not None and type(trace) is not str:  # a zero-argument callable (emit/api.py)
         attrs[semconv.EXCEPTION_STACKTRACE] = trace()  # type: ignore[operator]
