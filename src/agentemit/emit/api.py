@@ -157,13 +157,9 @@ def emit_reward(
     ctx.emit("reward", semconv.SPAN_REWARD, attrs)
 
 
-def exception_attributes(exception: BaseException, escaped: bool = False) -> dict[str, Any]:
-    """OpenTelemetry exception attributes; the stack trace includes chained causes (formatted later)."""
-    return as_attributes(_exception_pairs(exception, escaped))
-
-
 def _exception_pairs(exception: BaseException, escaped: bool) -> tuple[Any, ...]:
-    """The exception attributes as flat pairs, as a raw record carries them (``tracing/context.py``)."""
+    """OpenTelemetry exception attributes as flat pairs, as a raw record carries them
+    (``tracing/context.py``); the stack trace, formatted later, includes chained causes."""
     cls = type(exception)
     try:
         message = str(exception)
