@@ -297,6 +297,27 @@ def test_a_stacktrace_that_cannot_be_formatted_becomes_a_marker_and_the_event_is
     assert span.attributes[semconv.EXCEPTION_TYPE] == "KeyError" and span.status == "ERROR"
 
 
+def test_a_stacktrace_is_formatted_once_though_the_worker_and_the_last_trace_both_build_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentemit.emit import api
+
+    calls: list[BaseException] = []
+
+    def counting(exception: BaseException, traceback: object) -> str:
+        calls.append(exception)
+        return "Traceback: counted\n"
+
+    monkeypatch.setattr(api, "format_stacktrace", counting)
+    with capture_spans() as captured, captured.tracer.trace_context(rollout_id="r-once"):
+        emit_exception(KeyError("k"))
+    last = [s for s in captured.tracer.get_last_trace() if s.name == semconv.SPAN_EXCEPTION]
+    stored = [s for s in captured.spans if s.name == semconv.SPAN_EXCEPTION]
+    assert last[0].attributes[semconv.EXCEPTION_STACKTRACE] == "Traceback: counted\n"
+    assert stored[0].attributes[semconv.EXCEPTION_STACKTRACE] == "Traceback: counted\n"
+    assert len(calls) == 1
+
+
 def test_a_builtin_exception_type_is_not_module_qualified() -> None:
     assert one(lambda: emit_exception(KeyError("k"))).attributes["exception.type"] == "KeyError"
 

@@ -91,7 +91,15 @@ def _stamp_identity(attrs: Attributes, rollout_id: str, attempt_id: str, sequenc
 
 
 def resolve_deferred(attrs: Attributes) -> None:
-    """Format values the emitter deferred to the worker (an exception's stack trace), in place."""
-    trace = attrs.get(semconv.EXCEPTION_STACKTRACE)
-    if trace is not None and type(trace) is not str:  # a zero-argument callable (emit/api.py)
-        attrs[semconv.EXCEPTION_STACKTRACE] = trace()  # type: ignore[operator]
+    """Format values the emitter deferred to the worker (an exception's stack trace), in place.
+
+    The deferred trace is a ``functools.partial`` (emit/api.py), which can carry attributes: its text
+    is kept on it, so a record built twice (by the worker, and by the tracer for its last trace) is
+    formatted once.
+    """
+    trace: Any = attrs.get(semconv.EXCEPTION_STACKTRACE)
+    if trace is not None and type(trace) is not str:
+        text = getattr(trace, "text", None)
+        if text is None:
+            text = trace.text = trace()
+        attrs[semconv.EXCEPTION_STACKTRACE] = text
