@@ -208,12 +208,14 @@ def test_every_compression_is_accepted_by_the_server(serve_app: Serve, backend: 
     assert len(backend.query_spans("r1")) == 2
 
 
-def test_a_wrong_token_raises_a_non_retryable_error_naming_url_and_status(serve_app: Serve, clock: FakeClock) -> None:
+def test_a_wrong_token_raises_at_once_naming_url_and_status(serve_app: Serve, clock: FakeClock) -> None:
+    """No retry here (the same token fails again), but retryable for a pipeline: its spans are sound, so
+    they wait in the spool until the token is fixed instead of being split and dropped as invalid."""
     url = serve_app(token=TOKEN).url
     with HttpStore(url, token="wrong", sleep=clock.sleep) as store, pytest.raises(HttpStoreError) as info:
         store.list_rollouts()
     assert f"GET {url}/v1/rollouts answered 401: wrong bearer token" in str(info.value)
-    assert (info.value.status, info.value.retryable, clock.sleeps) == (401, False, [])
+    assert (info.value.status, info.value.retryable, clock.sleeps) == (401, True, [])
     assert not isinstance(info.value, ValueError)
 
 

@@ -209,13 +209,25 @@ def test_throttling_and_gateway_statuses_are_retryable_with_retry_after(receiver
     assert receiver.span_count == 0
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 413, 500])
-def test_other_error_statuses_are_not_retryable(receiver: OtlpReceiver, status: int) -> None:
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_a_refusal_of_the_content_is_not_retryable(receiver: OtlpReceiver, status: int) -> None:
     receiver.fail_next(1, status)
     sink = OtlpHttpSink(receiver.url)
     result = sink.export(make_spans(3))
     sink.shutdown(1.0)
     assert not result.ok and not result.retryable and f"HTTP {status}" in (result.error or "")
+    assert result.too_large is (status == 413)
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 415, 500, 501])
+def test_a_failure_that_says_nothing_about_the_spans_is_retryable(receiver: OtlpReceiver, status: int) -> None:
+    """A wrong token or URL, or a broken collector: the spans are fine, so they are kept and retried
+    (splitting the batch would drop every one of them as invalid)."""
+    receiver.fail_next(1, status)
+    sink = OtlpHttpSink(receiver.url)
+    result = sink.export(make_spans(3))
+    sink.shutdown(1.0)
+    assert not result.ok and result.retryable and f"HTTP {status}" in (result.error or "")
 
 
 def test_partial_success_is_ok_but_reports_the_rejected_spans(receiver: OtlpReceiver) -> None:

@@ -71,7 +71,7 @@ def test_defaults_match_the_documented_values() -> None:
         ({"shutdown_timeout": float("inf")}, "shutdown_timeout must be a finite number of seconds > 0, got inf"),
         ({"retry_base_delay": float("nan")}, "retry_base_delay must be a finite number of seconds >= 0, got nan"),
         ({"retry_max_delay": 0}, "retry_max_delay must be a finite number of seconds > 0, got 0"),
-        ({"max_attempts": 0}, "max_attempts must be an integer > 0, got 0"),
+        ({"max_export_batch": 0}, "max_export_batch must be an integer > 0, got 0"),
         ({"overflow": "discard"}, "overflow must be one of spill, block, drop_oldest, drop_newest, got 'discard'"),
         ({"kind_overflow": {"object": "drop"}}, "kind_overflow['object'] must be one of spill, block, drop_oldest"),
         ({"kind_overflow": {"objects": "spill"}}, "kind_overflow: unknown kind 'objects'"),

@@ -375,11 +375,13 @@ def test_a_sink_outage_is_spooled_then_replayed_and_everything_arrives_exactly_o
     p = make(pipelines, sink, tmp_path, clock=clock, batch_size=10)
     for round_ in range(4):
         emit_messages(p, 10, prefix=f"r{round_}-", rollout_id=f"r{round_}")
-        p.run_once(flush_all=False)  # no replay attempt unless the sink is due a probe
-        clock.advance(1.0)
+        p.run_once(flush_all=False)  # no try of the sink until its backoff (>= 0.05 s) is over
+        clock.advance(0.01)
     during = p.stats_snapshot()
-    assert during["in_spool"] > 0 and during["sink_healthy"] is False
-    clock.advance(60.0)
+    assert during["in_spool"] == 40 and during["sink_healthy"] is False and during["export_failed"] == 1
+    for _ in range(3):  # each due probe: two more scripted failures, then the spool drains
+        clock.advance(60.0)
+        p.run_once(flush_all=True)
     report = p.force_flush(5.0, drain_spool=True)
     assert report.completed and report.in_spool == 0
     assert set(sink.deliveries.values()) == {1} and len(sink.deliveries) == 40

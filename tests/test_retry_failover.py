@@ -158,13 +158,17 @@ def test_retry_after_from_the_server_replaces_the_backoff(receiver: OtlpReceiver
     assert statuses(receiver) == [503, 429, 200]
 
 
-def test_retry_after_is_capped_by_max_delay(receiver: OtlpReceiver) -> None:
+def test_a_retry_after_beyond_max_delay_is_returned_not_retried_early(receiver: OtlpReceiver) -> None:
+    """The server asked for 120 s: retrying after max_delay (5 s) would break its request. The failure
+    goes back with its retry_after, for the pipeline to keep the batch in its spool that long."""
     receiver.fail_next(1, 503, retry_after="120")
     sleep = RecordingSleep()
     sink = RetryingSink(OtlpHttpSink(receiver.url), max_delay=5.0, sleep=sleep)
-    assert sink.export(make_spans(1)).ok
+    result = sink.export(make_spans(1))
     sink.shutdown(1.0)
-    assert sleep.delays == [5.0]
+    assert (result.ok, result.retryable, result.retry_after) == (False, True, 120.0)
+    assert sleep.delays == []
+    assert statuses(receiver) == [503]
 
 
 def test_waits_are_capped_by_the_deadline_and_none_starts_after_it(receiver: OtlpReceiver) -> None:

@@ -70,7 +70,8 @@ class PipelineConfig:
     spool_max_bytes: int = 1 << 30
     durability: Durability = "batch"
     compression: Compression = "zstd"  # spool records: 4x (random text) to 50x+ smaller; spilling keeps pace
-    max_attempts: int = 5
+    # A failed sink is retried from the spool, first after retry_base_delay, then after twice as long
+    # each time up to retry_max_delay (jittered), and never before a server's Retry-After (delivery.py).
     retry_base_delay: float = 0.1
     retry_max_delay: float = 5.0
     rate_limits: Mapping[str, float] = field(default_factory=dict)  # kind -> events/s (token bucket)
@@ -87,7 +88,6 @@ class PipelineConfig:
         _check_positive_int("batch_size", self.batch_size)
         _check_positive_int("max_export_batch", self.max_export_batch)
         _check_positive_int("spool_max_bytes", self.spool_max_bytes)
-        _check_positive_int("max_attempts", self.max_attempts)
         for name in ("flush_interval", "block_timeout", "shutdown_timeout", "retry_max_delay"):
             _check_seconds(name, getattr(self, name), allow_zero=False)
         _check_seconds("retry_base_delay", self.retry_base_delay, allow_zero=True)

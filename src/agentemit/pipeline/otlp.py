@@ -27,13 +27,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from agentemit.compression import compress
 from agentemit.pipeline.otlp_wire import encode_request
-from agentemit.pipeline.sink import ExportResult
+from agentemit.pipeline.sink import REFUSED_STATUSES, ExportResult
 from agentemit.span import Span
 
 OtlpCompression = Literal["gzip", "none"]
 
-#: Statuses the OTLP/HTTP specification says to retry; every other 4xx/5xx must not be retried.
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 _ERROR_BODY_CHARS = 200
 
@@ -100,9 +98,11 @@ def _result_for(response: httpx.Response, count: int, where: str) -> ExportResul
             return ExportResult(ok=True, retryable=False, error=error, stored=accepted, rejected=count - accepted)
         return ExportResult.success(count)
     error = f"{where}: HTTP {status}{_body_snippet(response)}"
-    if status in RETRYABLE_STATUSES:
-        return ExportResult.failure(error, retry_after=parse_retry_after(response.headers.get("retry-after")))
-    return ExportResult.failure(error, retryable=False, too_large=status == 413)
+    # The OTLP/HTTP specification retries only 429/502/503/504 and drops the rest; a lossless sink keeps
+    # every batch whose content was not refused, for a later try.
+    if status in REFUSED_STATUSES:
+        return ExportResult.failure(error, retryable=False, too_large=status == 413)
+    return ExportResult.failure(error, retry_after=parse_retry_after(response.headers.get("retry-after")))
 
 
 def _partial_success(response: httpx.Response) -> tuple[int, str]:
@@ -125,9 +125,9 @@ def _partial_success(response: httpx.Response) -> tuple[int, str]:
 class OtlpHttpSink:
     """POSTs each batch as OTLP/HTTP protobuf to ``endpoint`` (e.g. ``http://host:4318/v1/traces``).
 
-    Never raises. 2xx is success; 429/502/503/504, connection errors and timeouts are retryable
-    failures (with the server's Retry-After); any other status is a failure not worth retrying
-    (413 is marked ``too_large``, so the pipeline splits the batch).
+    Never raises. 2xx is success; 400, 413 and 422 refuse the batch's content, which the pipeline
+    splits to find the span at fault (413 is marked ``too_large``); any other status, connection errors
+    and timeouts are retryable failures (with the server's Retry-After), kept in the spool.
     ``last_response_time`` holds the seconds the last export took (``None`` before the first), so a
     failover wrapper or an operator can spot a slow endpoint. A ``client`` passed in is shared and
     left open at shutdown; otherwise the sink owns a keep-alive pooled client.

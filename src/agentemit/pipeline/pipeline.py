@@ -318,8 +318,8 @@ class Pipeline:
                     next_tick = self.clock() + self.config.flush_interval
                 try:
                     self.run_once(flush_all=flush_all)
-                except Exception:  # one failed pass must not stop delivery for good
-                    logger.exception("agentemit: pipeline worker pass failed; retrying")
+                except BaseException:  # one failed pass (even a SystemExit from user code) must not
+                    logger.exception("agentemit: pipeline worker pass failed; retrying")  # stop delivery
                     self._stop.wait(0.05)
                 if self._stop.is_set() and not len(self.lanes) and not self._spill:
                     break
@@ -395,7 +395,7 @@ class Pipeline:
             for stage in self.stages:
                 try:
                     result = stage(span)
-                except Exception as exc:  # a broken stage keeps the span (unprocessed) and is counted
+                except BaseException as exc:  # a broken stage keeps the span (unprocessed) and is counted
                     logger.warning("agentemit: pipeline stage %r failed: %s", stage, exc)
                     self.stats.add("stage_errors")
                     continue
@@ -463,8 +463,8 @@ class Pipeline:
         spool = self._spooler.current
         if self._closed or spool is None or spool.pending_records() == 0:
             return  # closed: shutdown() closed the spool; a worker outliving it must not touch it
-        if self._delivery.waiting_for_probe() and not flush_all:
-            return
+        if self._delivery.waiting_for_probe():
+            return  # a failed sink is tried again when its backoff (or Retry-After) is over, flush or not
         self._replay_from(spool, flush_all, deadline)
 
     def _replay_from(self, spool: Spool, flush_all: bool, deadline: float | None = None) -> int:

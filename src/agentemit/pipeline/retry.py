@@ -21,7 +21,9 @@ class RetryingSink:
 
     The wait before retry ``n`` (1-based) is ``min(max_delay, base_delay * 2**(n-1))`` less a random share
     of up to ``jitter`` of it, so it lies in ``[(1 - jitter) * d, d]`` and never exceeds ``max_delay``. A
-    failure carrying ``retry_after`` waits that long instead (capped by ``max_delay``). Every wait is also
+    failure carrying ``retry_after`` waits that long instead; one asking for longer than ``max_delay`` or
+    the time left is returned at once, so the caller (the pipeline's spool) retries it no sooner than
+    the server asked, instead of this wrapper retrying early. Every wait is also
     capped by what is left of ``deadline`` (seconds from the start of the export) and followed by one more
     attempt; once the deadline has passed no new wait starts. A non-retryable failure is returned at once.
 
@@ -97,7 +99,9 @@ class RetryingSink:
             if left <= 0:
                 break
             if result.retry_after is not None:
-                wait = min(max(0.0, result.retry_after), self.max_delay)
+                wait = max(0.0, result.retry_after)
+                if wait > self.max_delay or wait > left:
+                    break  # retrying sooner than the server asked would only be refused again
             else:
                 wait = self.backoff(attempt)
             self._wait(min(wait, left))

@@ -13,6 +13,12 @@ from typing import Protocol, runtime_checkable
 from agentemit.span import Span
 from agentemit.stores.base import SpanStore
 
+#: HTTP statuses that refuse a request for what it carries (malformed, too large, unprocessable): the
+#: pipeline splits such a batch to find the span at fault. Any other failing status (401/403: a wrong
+#: token, 404: a wrong URL, 5xx) says nothing about the spans, so the batch stays in the spool and is
+#: retried with backoff until the receiver takes it: splitting it would drop every span as invalid.
+REFUSED_STATUSES = frozenset({400, 413, 422})
+
 
 @dataclass(frozen=True, slots=True)
 class ExportResult:

@@ -18,12 +18,14 @@ import httpx
 from agentemit import codec
 from agentemit.compression import check_compression, compress
 from agentemit.pipeline.otlp import parse_retry_after
+from agentemit.pipeline.sink import REFUSED_STATUSES
 from agentemit.span import Span
 from agentemit.stores._rows import StoreClosedError, abandon, register_fork_aware
 from agentemit.stores.base import AttemptSelector, RolloutSummary, SpanStore
 
+# Statuses retried here, in rounds with backoff; other failures go back to the caller at once (a refusal
+# of the content as HttpStoreRejected, anything else as a retryable HttpStoreError for its spool).
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-_INVALID_STATUSES = frozenset({400, 413, 415, 422})
 _MAX_WAIT = 30.0  # a Retry-After longer than this is not slept through: the error carries it instead
 _ERROR_CHARS = 300
 
@@ -183,9 +185,10 @@ class HttpStore(SpanStore):
                             f"http store: {where} answered {status} with {exc}", status=status
                         ) from exc
                 last_error = f"{where} answered {status}: {_error_text(response)}"
-                if status not in RETRYABLE_STATUSES:
-                    kind = HttpStoreRejected if status in _INVALID_STATUSES else HttpStoreError
-                    raise kind(f"http store: {last_error}", status=status, retryable=False)
+                if status in REFUSED_STATUSES:
+                    raise HttpStoreRejected(f"http store: {last_error}", status=status, retryable=False)
+                if status not in RETRYABLE_STATUSES:  # 401, 404 ...: a later try, not this one, may succeed
+                    raise HttpStoreError(f"http store: {last_error}", status=status)
                 wait = parse_retry_after(response.headers.get("retry-after"))
                 if wait is not None:
                     if wait > _MAX_WAIT:  # do not block the caller that long: let its retry layer schedule it
