@@ -285,7 +285,7 @@ def test_verify_reports_an_intact_db_then_names_a_tampered_row_and_exits_1(tmp_p
 def test_stats_without_url_prints_this_process_counters_as_json() -> None:
     code, out, _ = run(["stats"])
     assert code == 0
-    assert set(json.loads(out)) == {"no_tracer", "orphan_spans", "pipelines"}
+    assert set(json.loads(out)) == {"no_tracer", "after_shutdown", "orphan_spans", "pipelines"}
 
 
 def test_stats_with_url_reads_a_real_server_and_sends_the_token() -> None:

@@ -228,3 +228,39 @@ def test_the_invariant_holds_with_eight_threads_sampling_rate_limits_and_drop_po
     assert dropped.get("rate_limited", 0) + dropped.get("dropped_queue_full", 0) + dropped.get("shed", 0) > 0
     assert sum(s.span_count for s in store.list_rollouts()) == snap["exported"]
     store.close()
+
+
+def test_losses_held_back_by_the_rate_limit_are_written_when_their_interval_ends_or_at_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    log = RateLimitedLogger(interval=10.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="agentemit"):
+        log.log(DropReason.DROPPED_QUEUE_FULL, 3)
+        log.log(DropReason.DROPPED_QUEUE_FULL, 992)  # held back; then quiet: no later loss to carry it
+        log.flush()  # interval not over
+        clock.advance(10.0)
+        log.flush()
+        log.log(DropReason.SHED, 1)
+        log.log(DropReason.SHED, 7)
+        log.flush(force=True)  # shutdown: whatever is held back
+    assert [r.getMessage() for r in caplog.records] == [
+        "agentemit lost 3 event(s): dropped_queue_full (see agentemit.stats())",
+        "agentemit lost 992 event(s): dropped_queue_full (see agentemit.stats())",
+        "agentemit lost 1 event(s): shed (see agentemit.stats())",
+        "agentemit lost 7 event(s): shed (see agentemit.stats())",
+    ]
+
+
+def test_events_emitted_after_the_pipeline_shut_down_show_in_agentemit_stats(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    tracer = OtelTracer(store, config=PipelineConfig(spool_dir=tmp_path / "spool"))
+    tracer.init_worker("w")
+    before = agentemit.stats()["after_shutdown"]
+    with tracer.trace_context("r"):
+        emit_message("kept")
+        tracer.teardown_worker()
+        for _ in range(5):
+            emit_message("lost")
+    assert agentemit.stats()["after_shutdown"] - before == 6  # the five and the rollout's own root span
+    store.close()

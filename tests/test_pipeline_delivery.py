@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,102 @@ def test_a_collector_refusing_the_request_not_the_spans_gets_them_all_later(
     assert report.completed and not report.dropped
     assert receiver.span_count == 50
     assert [r.status for r in receiver.requests] == [status, status, 200]
+
+
+# --- the worker's tick, wake-ups and housekeeping ----------------------------------------------------
+
+
+def test_a_sustained_backlog_does_not_starve_the_tick(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+    """The tick reads the CPU (adaptive sampling), logs and retries orphans: a pass over a backlog
+    that never empties must stop for it once it is due."""
+    clock = FakeClock()
+    sink = ScriptedSink(clock)
+    p = make(pipelines, sink, tmp_path, clock, batch_size=10, max_export_batch=10)
+    emit(p, 50)
+    p._next_tick = clock() + 1.0  # as the worker sets it
+    assert p.run_once(flush_all=True) == 50  # not due: the pass drains everything
+    emit(p, 50)
+    clock.advance(1.0)
+    assert p.run_once(flush_all=True) == 10  # due: one batch, then back to the worker loop to tick
+
+
+def test_the_worker_wakes_when_both_lanes_together_hold_a_batch(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+    from agentemit import emit_reward
+
+    sink = ScriptedSink(lambda: 0.0)
+    p = make(pipelines, sink, tmp_path, batch_size=10, flush_interval=3600.0)
+    p.start()
+    with rollout(p, "r"):
+        for i in range(5):  # five to each lane: neither lane alone reaches the batch size
+            emit_reward(float(i))
+            emit_message(f"m{i}")
+    with p._idle:
+        p._idle.wait_for(lambda: len(sink.taken) == 10, timeout=10.0)
+    assert len(sink.taken) == 10
+
+
+def test_drop_oldest_frees_bytes_not_just_one_record(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+    threshold = 64 * 1024
+    p = make(pipelines, ScriptedSink(lambda: 0.0), tmp_path, memory_threshold=threshold, overflow="drop_oldest")
+    with rollout(p, "r"):
+        for _ in range(40):
+            emit_message("small")
+        for i in range(40):
+            emit_message(f"big{i} " + "x" * 6000)  # each needs room of several small ones
+    assert p.lanes.queued_bytes <= threshold
+    snap = p.stats_snapshot()
+    assert snap["dropped"]["dropped_queue_full"] > 0 and unaccounted(snap) == 0
+    p.run_once()
+    sink = p.sink
+    assert isinstance(sink, ScriptedSink) and len(sink.taken) == snap["pending"]
+
+
+def test_a_failing_stage_is_counted_in_the_snapshot_and_logged_once_per_interval(
+    tmp_path: Path, pipelines: list[Pipeline], caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(span: Span) -> Span:
+        raise RuntimeError("stage bug")
+
+    clock = FakeClock()
+    sink = ScriptedSink(clock)
+    config = PipelineConfig(spool_dir=tmp_path / "spool", adaptive_sampling=False, redact=False)
+    p = Pipeline(sink, config, stages=[broken], start=False, clock=clock)
+    pipelines.append(p)
+    with caplog.at_level(logging.WARNING, logger="agentemit"):
+        emit(p, 50)
+        p.run_once()
+        clock.advance(10.0)
+        emit(p, 1)
+        p.run_once()
+    assert p.stats_snapshot()["stage_errors"] == 51 and len(sink.taken) == 51  # kept, unprocessed
+    lines = [r.getMessage() for r in caplog.records if "stage" in r.getMessage()]
+    assert len(lines) == 2 and "(1 failure(s)" in lines[0] and "(50 failure(s)" in lines[1]
+
+
+def test_the_error_rate_warning_judges_the_last_interval_not_the_lifetime(
+    tmp_path: Path, pipelines: list[Pipeline], caplog: pytest.LogCaptureFixture
+) -> None:
+    p = make(pipelines, ScriptedSink(lambda: 0.0), tmp_path)
+    p.stats.add("batches", 3000)  # a long healthy past
+    p._on_tick()
+    p.stats.add("batches", 10)
+    p.stats.add("export_failed", 10)  # then an outage
+    with caplog.at_level(logging.WARNING, logger="agentemit"):
+        p._on_tick()
+    assert any("export error rate 100% is above 5%" in r.getMessage() for r in caplog.records)
+
+
+def test_an_orphaned_spool_is_retried_on_ticks_when_the_sink_was_down_at_start_up(
+    tmp_path: Path, pipelines: list[Pipeline]
+) -> None:
+    dead = make(pipelines, ScriptedSink(lambda: 0.0, [failing()] * 100), tmp_path, retry_base_delay=60.0)
+    emit(dead, 10)
+    dead.shutdown(0.5)  # its sink never came back: the spool directory is left, unlocked, as by a dead process
+    clock = FakeClock()
+    sink = ScriptedSink(clock, [failing()])
+    p = make(pipelines, sink, tmp_path, clock, retry_base_delay=0.0)
+    p._recover_at_start()  # the sink is down: nothing delivered
+    assert sink.taken == [] and p._orphans_left
+    p._on_tick()
+    assert len(sink.taken) == 10 and not p._orphans_left
+    assert p.stats_snapshot()["recovered"] == 10

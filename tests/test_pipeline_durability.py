@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -339,3 +340,29 @@ def test_a_forked_child_does_not_keep_the_parents_spool_locked(tmp_path: Path, p
         os.close(release_write)  # the child exits
         os.waitpid(pid, 0)
     assert recovered == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_a_rate_limit_was_locked_can_still_emit(tmp_path: Path, pipelines: list[Pipeline]) -> None:
+    """Another thread inside the token bucket's ``allow`` at the fork leaves its lock held for good in
+    the child, whose first emit of that kind would hang: the child must get fresh buckets."""
+    p = Pipeline(RecordingSink(), config(tmp_path / "spool", rate_limits={"message": 1000.0}), start=False)
+    pipelines.append(p)
+    with p._buckets["message"]._lock:
+        pid = os.fork()
+        if pid == 0:
+            code = 2  # an exception
+            try:
+                with rollout(p, "r"):
+                    emit_message("from the child")
+                code = 0 if p.stats_snapshot()["queue_depth"] >= 1 else 1
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 10.0
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on its first rate-limited emit")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -47,13 +47,15 @@ __version__ = "0.1.0"
 
 
 def stats() -> dict[str, Any]:
-    """Counters of every live pipeline in this process, plus emits that had no active rollout."""
+    """Counters of every live pipeline in this process, plus emits that had no active rollout or came
+    after their pipeline had shut down."""
     from agentemit.emit.no_tracer import no_tracer_count
-    from agentemit.pipeline.pipeline import _live_pipelines
+    from agentemit.pipeline.pipeline import _live_pipelines, after_shutdown_count
     from agentemit.tracing.otel import _PROCESSOR
 
     return {
         "no_tracer": no_tracer_count(),
+        "after_shutdown": after_shutdown_count(),
         "orphan_spans": _PROCESSOR.orphans,  # SDK spans that ended outside any open rollout
         "pipelines": {f"{p.name}@{id(p):x}": p.stats_snapshot() for p in list(_live_pipelines)},
     }

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ CUSTOM_KIND_PREFIX = "event."
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", re.IGNORECASE)
 _BYTE_SETTINGS = frozenset({"memory_threshold", "spool_max_bytes"})
+MIN_MEMORY_THRESHOLD = 8192  # smaller holds only a handful of events: surely "100" meant 100MB
 
 
 class ConfigError(ValueError):
@@ -84,6 +86,12 @@ class PipelineConfig:
         for kind, rate in _check_kinds("kind_sample_rates", self.kind_sample_rates).items():
             _check_rate(f"kind_sample_rates[{kind!r}]", rate, setting="kind_sample_rates")
         _check_positive_int("memory_threshold", self.memory_threshold)
+        if self.memory_threshold < MIN_MEMORY_THRESHOLD:
+            raise ConfigError(
+                f"memory_threshold must be at least {MIN_MEMORY_THRESHOLD:,} bytes (room for a few events), got "
+                f"{self.memory_threshold!r}; a plain number is bytes: write 100MB for megabytes",
+                setting="memory_threshold",
+            )
         _check_positive_int("max_queue_size", self.max_queue_size)
         _check_positive_int("batch_size", self.batch_size)
         _check_positive_int("max_export_batch", self.max_export_batch)
@@ -201,7 +209,10 @@ def _parse_size(raw: str) -> int:
     if match is None:
         raise ValueError("expected a number of bytes, optionally with a unit (KB, MB, GB, TB)")
     number, unit, _ = match.groups()
-    return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
+    try:
+        return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
+    except OverflowError:  # hundreds of digits: float() gives inf, int(inf) overflows
+        raise ValueError("is too large a number of bytes") from None
 
 
 def _is_number(value: Any) -> bool:
@@ -236,6 +247,12 @@ def _check_seconds(name: str, value: Any, *, allow_zero: bool) -> None:
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{name} must be a finite number of seconds {bound}, got {value!r}", setting=name)
+    if value > threading.TIMEOUT_MAX:  # a longer wait raises OverflowError in the worker, which would stop
+        raise ConfigError(
+            f"{name} must be at most {threading.TIMEOUT_MAX:.3g} seconds (the longest wait threads allow), "
+            f"got {value!r}",
+            setting=name,
+        )
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...], *, setting: str | None = None) -> None:

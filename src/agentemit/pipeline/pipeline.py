@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -51,13 +52,14 @@ from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler
 from agentemit.pipeline.sink import Sink
 from agentemit.pipeline.spool import Spool
 from agentemit.pipeline.spooling import SpoolWriter
-from agentemit.pipeline.stats import DropReason, PipelineStats
+from agentemit.pipeline.stats import DropReason, PipelineStats, _AtomicCounter, flush_loss_log
 from agentemit.span import Span, decode_attributes
 from agentemit.tracing.context import RawRecord
 
 logger = logging.getLogger("agentemit")
 
 Stage = Callable[[Span], "Span | None"]
+_STAGE_LOG_INTERVAL = 10.0  # seconds between log lines about a failing stage (it may fail on every span)
 _SPILL_CHUNK = 2000  # records the spill thread takes at a time: one spool append, one fsync
 _HIGH = HIGH_PRIORITY_KINDS
 
@@ -70,7 +72,7 @@ class FlushReport:
     delivered: int
     pending: int
     in_spool: int
-    dropped: Mapping[str, int] = field(default_factory=dict)
+    dropped: Mapping[str, int] = field(default_factory=dict)  # every drop so far, by reason (not this call's)
     elapsed: float = 0.0
 
     def __bool__(self) -> bool:
@@ -161,6 +163,12 @@ class Pipeline:
         self._closed = False
         self._worker: threading.Thread | None = None
         self._spiller: threading.Thread | None = None
+        self._orphans_left = False  # sibling spools of dead processes not yet delivered
+        self._next_tick = math.inf  # set by the worker; run_once driven by hand never breaks for a tick
+        self._tick_failed = self.stats.export_failed  # export counters at the last tick: the error
+        self._tick_batches = self.stats.batches  # rate is judged over the interval since
+        self._stage_errors_logged = 0
+        self._stage_error_logged_at = -math.inf
         self._pid = os.getpid()
         self._admission_needed = bool(self._buckets) or self._shedder is not None
 
@@ -178,14 +186,16 @@ class Pipeline:
         lanes = self.lanes
         if kind in _HIGH or kind in _HIGH_EVENTS:
             high, lane = True, self._high
-            room = len(lane) + len(self._low) < lanes.high_capacity and lanes.queued_bytes < lanes.high_budget
+            queued = len(lane) + len(self._low)
+            room = queued < lanes.high_capacity and lanes.queued_bytes < lanes.high_budget
         else:
             high, lane = False, self._low
-            room = len(lane) + len(self._high) < lanes.low_capacity and lanes.queued_bytes < lanes.low_budget
+            queued = len(lane) + len(self._high)
+            room = queued < lanes.low_capacity and lanes.queued_bytes < lanes.low_budget
         if room:  # Lanes.has_room, inlined: one Python call fewer on every emit
             lane.append(record)
             lanes.queued_bytes += size
-            if len(lane) == self._batch_size:
+            if queued + 1 == self._batch_size:  # both lanes together make a batch: wake the worker
                 self._wake.set()
             return
         self._overflow(record, lane, high)
@@ -198,6 +208,7 @@ class Pipeline:
     def _admit(self, kind: str) -> bool:
         if self._closed:
             self.stats.hot_drop(DropReason.SHUTDOWN)
+            _after_shutdown.incr()  # this pipeline has left agentemit.stats(): count it where it shows
             return False
         bucket = self._buckets.get(kind)
         if bucket is not None and not bucket.allow():
@@ -251,13 +262,7 @@ class Pipeline:
         if policy == "drop_newest":
             self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
         elif policy == "drop_oldest":
-            try:
-                self.lanes.queued_bytes -= lane.popleft()[12]
-                self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
-            except IndexError:
-                pass
-            lane.append(record)
-            self.lanes.queued_bytes += record[12]
+            self._drop_oldest_for(record, lane, high)
         elif policy == "block":
             if self._wait_for_room(lambda: self.lanes.has_room(high)):
                 lane.append(record)
@@ -273,6 +278,22 @@ class Pipeline:
             self._spill_bytes += record[12]
             if len(spill) % 256 == 1:
                 self._spill_wake.set()
+
+    def _drop_oldest_for(self, record: RawRecord, lane: deque[RawRecord], high: bool) -> None:
+        """Drop the lane's oldest records until ``record`` fits in items and bytes; if the lane runs
+        dry first (the other lane holds the memory), ``record`` itself is the one dropped."""
+        lanes = self.lanes
+        while not lanes.has_room(high):
+            try:
+                lanes.queued_bytes -= lane.popleft()[12]
+            except IndexError:  # empty (or emptied by the worker meanwhile)
+                break
+            self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
+        if lanes.has_room(high):
+            lane.append(record)
+            lanes.queued_bytes += record[12]
+        else:
+            self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
 
     def _spill_has_room(self) -> bool:
         return len(self._spill) < self._spill_capacity and self._spill_bytes < self._spill_budget
@@ -307,15 +328,15 @@ class Pipeline:
     def _worker_loop(self) -> None:
         try:
             self._recover_at_start()
-            next_tick = self.clock() + self.config.flush_interval
+            self._next_tick = self.clock() + self.config.flush_interval
             while True:
-                self._wake.wait(max(0.0, min(next_tick - self.clock(), self.config.flush_interval)))
+                self._wake.wait(max(0.0, min(self._next_tick - self.clock(), self.config.flush_interval)))
                 self._wake.clear()
-                tick = self.clock() >= next_tick
+                tick = self.clock() >= self._next_tick
                 flush_all = tick or self._flush_all.is_set() or self._stop.is_set()
                 if tick:
                     self._on_tick()
-                    next_tick = self.clock() + self.config.flush_interval
+                    self._next_tick = self.clock() + self.config.flush_interval
                 try:
                     self.run_once(flush_all=flush_all)
                 except BaseException:  # one failed pass (even a SystemExit from user code) must not
@@ -327,13 +348,16 @@ class Pipeline:
             logger.exception("agentemit pipeline worker crashed; events stay in the queue")
 
     def _recover_at_start(self) -> None:
+        """Deliver what dead processes left in their spools; called again on ticks while any is left
+        (the sink may have been down at start-up)."""
         try:
             with self._export_lock:
                 recovered = self.recover_orphaned_spools()
+                self._orphans_left = self._spooler.orphans_left
             if recovered:
                 logger.warning("agentemit: delivered %d event(s) a previous process left in its spool", recovered)
         except Exception as exc:
-            logger.warning("agentemit: spool recovery at start-up failed: %s", exc)
+            logger.warning("agentemit: spool recovery failed: %s", exc)
 
     def run_once(self, *, flush_all: bool = True) -> int:
         """Export what is queued (full batches only unless ``flush_all``); then replay the spool.
@@ -351,6 +375,8 @@ class Pipeline:
                 self._room.set()
                 taken_total += len(records)
                 self._process(records)
+                if self.clock() >= self._next_tick:
+                    break  # a sustained backlog must not starve the tick (CPU reading, logs, orphans)
             if not len(self.lanes):
                 self._replay(flush_all)
             self._log_hot_drops()
@@ -396,8 +422,8 @@ class Pipeline:
                 try:
                     result = stage(span)
                 except BaseException as exc:  # a broken stage keeps the span (unprocessed) and is counted
-                    logger.warning("agentemit: pipeline stage %r failed: %s", stage, exc)
                     self.stats.add("stage_errors")
+                    self._log_stage_error(stage, exc)
                     continue
                 if result is None:
                     drop(DropReason.FILTERED)
@@ -406,6 +432,21 @@ class Pipeline:
             else:
                 spans.append(span)
         return spans
+
+    def _log_stage_error(self, stage: Stage, exc: BaseException) -> None:
+        """Log a failing stage at most once per ``_STAGE_LOG_INTERVAL``, with the failures since."""
+        now = self.clock()
+        if now - self._stage_error_logged_at < _STAGE_LOG_INTERVAL:
+            return
+        count = self.stats.stage_errors - self._stage_errors_logged
+        self._stage_errors_logged = self.stats.stage_errors
+        self._stage_error_logged_at = now
+        logger.warning(
+            "agentemit: pipeline stage %r failed (%d failure(s) since the last report; spans kept unprocessed): %s",
+            stage,
+            count,
+            exc,
+        )
 
     # --- spool --------------------------------------------------------------------------------
 
@@ -490,11 +531,20 @@ class Pipeline:
                     "above" if now else "below",
                     "shedding" if now else "no longer shedding",
                 )
-        snap = self.stats
-        if snap.batches >= 20 and snap.export_failed / snap.batches > 0.05:
+        stats = self.stats
+        batches, failed = stats.batches - self._tick_batches, stats.export_failed - self._tick_failed
+        self._tick_batches, self._tick_failed = stats.batches, stats.export_failed
+        if batches and failed / batches > 0.05:
             logger.warning(
-                "agentemit: export error rate %.0f%% is above 5%%", 100.0 * snap.export_failed / snap.batches
+                "agentemit: export error rate %.0f%% is above 5%% (%d of %d export attempts in the last %.0fs)",
+                100.0 * failed / batches,
+                failed,
+                batches,
+                self.config.flush_interval,
             )
+        flush_loss_log()
+        if self._orphans_left and not self._delivery.waiting_for_probe():
+            self._recover_at_start()
 
     def _notify_idle(self) -> None:
         with self._idle:
@@ -583,6 +633,7 @@ class Pipeline:
             logger.warning("agentemit: sink shutdown failed: %s", exc)
         self._spooler.close()
         _live_pipelines.discard(self)
+        flush_loss_log(force=True)  # the last held-back loss lines: no tick will come to write them
         del report
         return self._report(started, exported_before)
 
@@ -621,6 +672,7 @@ class Pipeline:
             in_spool=in_spool,
             recovered=recovered,
             sink_healthy=self._delivery.healthy,
+            stage_errors=self.stats.stage_errors,
             shedding=bool(self._shedder and self._shedder.shedding),
             dropped=drops,
         )
@@ -628,6 +680,7 @@ class Pipeline:
     def _after_fork_in_child(self) -> None:
         """The child starts empty: the parent still owns (and will deliver) what was queued."""
         self._spooler.abandon_after_fork()
+        self._buckets = {kind: bucket.fresh() for kind, bucket in self._buckets.items()}
         self._init_runtime_state(None)
         if self._start_threads:
             self.start()
@@ -639,6 +692,14 @@ def _is_high(kind: str) -> bool:
 
 
 _live_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+_after_shutdown = _AtomicCounter()
+
+
+def after_shutdown_count() -> int:
+    """Events emitted into a rollout whose pipeline had already shut down (e.g. after
+    ``teardown_worker``), in this process: lost, and counted here since the pipeline's own stats
+    are no longer listed."""
+    return _after_shutdown.value
 
 
 def _after_fork() -> None:

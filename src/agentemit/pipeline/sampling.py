@@ -156,6 +156,11 @@ class TokenBucket:
         self._last = clock()
         self._lock = threading.Lock()
 
+    def fresh(self) -> TokenBucket:
+        """A full bucket of the same rate and burst with a new lock: a forked child's copy of
+        ``_lock`` may be held for good, by a parent thread that does not exist in the child."""
+        return TokenBucket(self.rate, self.capacity, self.clock)
+
     def allow(self) -> bool:
         with self._lock:
             now = self.clock()

@@ -62,6 +62,7 @@ class SpoolWriter:
         self.owner = os.urandom(8)  # marks this process's records, to tell them from recovered ones
         self.in_spool = 0
         self.recovered = 0
+        self.orphans_left = False  # the last recovery pass left records of a dead process undelivered
         self._count_lock = count_lock
         self._spool = spool
         self._open_lock = threading.Lock()
@@ -228,6 +229,7 @@ class SpoolWriter:
             return 0
         own = self._spool.directory if self._spool is not None else None
         delivered = 0
+        left = False
         for directory in sorted(p for p in root.iterdir() if p.is_dir() and p != own):
             try:
                 orphan = Spool(directory, max_bytes=self.config.spool_max_bytes, durability=self.config.durability)
@@ -243,6 +245,9 @@ class SpoolWriter:
                 orphan.close()
             if empty:
                 shutil.rmtree(directory, ignore_errors=True)
+            else:
+                left = True
+        self.orphans_left = left
         return delivered
 
 

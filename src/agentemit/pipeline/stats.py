@@ -23,6 +23,8 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -195,12 +197,44 @@ class RateLimitedLogger:
             self._last[reason.value] = now
             count = self._pending.pop(reason.value)
             latest = self._details.pop(reason.value, None)
+        self._write(reason.value, count, latest)
+
+    def flush(self, *, force: bool = False) -> None:
+        """Log the losses held back by the rate limit once their interval is over (or now, with
+        ``force``): without it, a burst of losses followed by quiet would never be reported in full."""
+        now = self.clock()
+        with self._lock:
+            due = [r for r in self._pending if force or now - self._last.get(r, -math.inf) >= self.interval]
+            lines = [(r, self._pending.pop(r), self._details.pop(r, None)) for r in due]
+            for reason in due:
+                self._last[reason] = now
+        for reason, count, latest in lines:
+            self._write(reason, count, latest)
+
+    def reset_after_fork(self) -> None:
+        """A forked child gets a new lock (a parent thread may have held the old one at the fork) and
+        none of the parent's held-back counts (the parent reports those)."""
+        self._lock = threading.Lock()
+        self._pending.clear()
+        self._details.clear()
+
+    @staticmethod
+    def _write(reason: str, count: int, latest: str | None) -> None:
         if latest is None:
-            logger.warning("agentemit lost %d event(s): %s (see agentemit.stats())", count, reason.value)
+            logger.warning("agentemit lost %d event(s): %s (see agentemit.stats())", count, reason)
         else:
             logger.warning(
-                "agentemit lost %d event(s): %s, the last: %s (see agentemit.stats())", count, reason.value, latest
+                "agentemit lost %d event(s): %s, the last: %s (see agentemit.stats())", count, reason, latest
             )
 
 
 _loss_logger = RateLimitedLogger()
+
+
+def flush_loss_log(*, force: bool = False) -> None:
+    """Write the loss lines the rate limit held back and whose interval is over (all, with ``force``)."""
+    _loss_logger.flush(force=force)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_loss_logger.reset_after_fork)
