@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -300,3 +302,29 @@ def test_an_orphaned_spool_is_retried_on_ticks_when_the_sink_was_down_at_start_u
     p._on_tick()
     assert len(sink.taken) == 10 and not p._orphans_left
     assert p.stats_snapshot()["recovered"] == 10
+
+
+class StuckShutdownSink(ScriptedSink):
+    """A sink whose shutdown ignores its timeout (it waits on ``release``)."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__(lambda: 0.0)
+        self.release = release
+
+    def shutdown(self, timeout: float) -> None:
+        self.release.wait(30.0)
+
+
+def test_shutdown_honours_its_deadline_when_the_sink_ignores_its_timeout(
+    tmp_path: Path, pipelines: list[Pipeline]
+) -> None:
+    release = threading.Event()
+    p = make(pipelines, StuckShutdownSink(release), tmp_path)
+    emit(p, 10)
+    started = time.monotonic()
+    try:
+        report = p.shutdown(0.5)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert report.completed and took < 5.0  # not the sink's 30 s

@@ -626,16 +626,29 @@ class Pipeline:
         leftovers = self.lanes.take(len(self.lanes)) + list(self._spill)
         self._spill.clear()
         self._spool_leftovers(leftovers)
-        try:
-            with exporting():
-                self.sink.shutdown(max(0.0, deadline - time.monotonic()))
-        except Exception as exc:
-            logger.warning("agentemit: sink shutdown failed: %s", exc)
+        self._shutdown_sink(deadline)
         self._spooler.close()
         _live_pipelines.discard(self)
         flush_loss_log(force=True)  # the last held-back loss lines: no tick will come to write them
         del report
         return self._report(started, exported_before)
+
+    def _shutdown_sink(self, deadline: float) -> None:
+        """``sink.shutdown`` on a daemon thread, waited for until ``deadline`` at most: a sink that
+        ignores its timeout must not hold up the program's exit."""
+
+        def run() -> None:
+            try:
+                with exporting():
+                    self.sink.shutdown(max(0.0, deadline - time.monotonic()))
+            except BaseException as exc:
+                logger.warning("agentemit: sink shutdown failed: %s", exc)
+
+        thread = threading.Thread(target=run, name=f"agentemit-{self.name}-sink-shutdown", daemon=True)
+        thread.start()
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            logger.warning("agentemit: sink %s did not shut down in time; left behind", type(self.sink).__name__)
 
     def _spool_leftovers(self, leftovers: list[RawRecord]) -> None:
         """Out of time at shutdown: keep what is still queued on disk rather than lose it."""
@@ -708,9 +721,15 @@ def _after_fork() -> None:
 
 
 def _shutdown_all() -> None:
-    for pipeline in list(_live_pipelines):
+    """At interpreter exit: every pipeline within one shared deadline (the longest shutdown_timeout),
+    not one after another each with its own."""
+    pipelines = list(_live_pipelines)
+    if not pipelines:
+        return
+    deadline = time.monotonic() + max(p.config.shutdown_timeout for p in pipelines)
+    for pipeline in pipelines:
         try:
-            pipeline.shutdown()
+            pipeline.shutdown(max(0.0, deadline - time.monotonic()))
         except Exception:  # interpreter exit: never raise
             logger.exception("agentemit: pipeline shutdown at exit failed")
 
