@@ -39,6 +39,7 @@ from agentemit import (
 from agentemit.emit import encoding, no_tracer
 from agentemit.span import Span
 from agentemit.testing import capture_spans
+from agentemit.tracing.context import CURRENT, RawRecord, RolloutContext, counter
 
 
 def emitted(*emits: Callable[[], object]) -> list[Span]:
@@ -814,3 +815,288 @@ def test_a_reward_function_hidden_under_another_decorator_is_awaited_before_emit
     assert results == [0.4]
     assert [s.name for s in spans] == ["agentlightning.reward", "agentlightning.exception"]
     assert get_reward_value(spans[0]) == 0.4
+
+
+# --- what an emit call accepts, every store keeps -------------------------------------------------
+
+
+class _MyFloat(float):
+    pass
+
+
+class _MyInt(int):
+    pass
+
+
+class _MyStr(str):
+    pass
+
+
+class _EvilStr(str):
+    """A str subclass whose every override raises: only its characters may be read."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__")
+
+    def __len__(self) -> int:
+        raise RuntimeError("__len__")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("__hash__")
+
+
+class _SurrogateRepr:
+    def __repr__(self) -> str:
+        return "<\udcff>"
+
+
+class _SurrogateTypeError(Exception):
+    pass
+
+
+_SURROGATE = b"caf\xe9.txt".decode("utf-8", "surrogateescape")  # what os.fsdecode makes of a latin-1 name
+
+_ACCEPTED: list[tuple[str, Callable[[], None]]] = [
+    ("float subclass attribute", lambda: emit_message("m", attributes={"v": _MyFloat(1.5)})),
+    ("int subclass attribute", lambda: emit_message("m", attributes={"v": _MyInt(2)})),
+    ("str subclass attribute", lambda: emit_message("m", attributes={"v": _MyStr("s")})),
+    ("hostile str subclass attribute", lambda: emit_message("m", attributes={"v": _EvilStr("s")})),
+    ("subclass items", lambda: emit_message("m", attributes={"v": [_MyFloat(1.5), _MyFloat(2.5)]})),
+    ("str subclass key", lambda: emit_message("m", attributes={_MyStr("k"): 1})),
+    ("reward with a float subclass attribute", lambda: emit_reward(0.7, attributes={"t": _MyFloat(0.2)})),
+    ("reward of a float subclass", lambda: emit_reward(_MyFloat(0.5))),
+    ("reward dimension named by a str subclass", lambda: emit_reward({_MyStr("acc"): 1.0})),
+    ("surrogate attribute value", lambda: emit_message("m", attributes={"path": _SURROGATE})),
+    ("surrogate attribute key", lambda: emit_message("m", attributes={_SURROGATE: 1})),
+    ("surrogate nested key", lambda: emit_message("m", attributes={"a": {_SURROGATE: 1}})),
+    ("surrogate attribute items", lambda: emit_message("m", attributes={"paths": [_SURROGATE, "b"]})),
+    ("surrogate in a reward's attributes", lambda: emit_reward(0.5, attributes={"path": _SURROGATE})),
+    ("object float subclass", lambda: emit_object(_MyFloat(3.0))),
+    ("object int subclass", lambda: emit_object(_MyInt(3))),
+    ("object str subclass", lambda: emit_object(_MyStr("abc"))),
+    ("object hostile str subclass", lambda: emit_object(_EvilStr("abc"))),
+    ("object surrogate str", lambda: emit_object(_SURROGATE)),
+    ("object surrogate in a dict", lambda: emit_object({"k": _SURROGATE})),
+    ("object surrogate key", lambda: emit_object({_SURROGATE: 1})),
+    ("object str subclass key", lambda: emit_object({_MyStr("k"): _MyFloat(1.0)})),
+    ("object float subclass in a set", lambda: emit_object({_MyFloat(1.0)})),
+    ("object whose repr holds a surrogate", lambda: emit_object(_SurrogateRepr())),
+    ("exception with a surrogate message", lambda: emit_exception(ValueError(_SURROGATE))),
+    ("exception with a surrogate attribute", lambda: emit_exception(ValueError("v"), attributes={"p": _SURROGATE})),
+    ("exception type named with a surrogate", lambda: emit_exception(_SurrogateTypeError("x"))),
+]
+_SurrogateTypeError.__qualname__ = "Surrogate\udcffError"
+
+
+def test_every_event_an_emit_call_accepts_is_stored_by_a_real_store_none_counted_invalid(
+    sqlite_tracer: agentemit.OtelTracer,
+) -> None:
+    """Subclasses of str/int/float (numpy.float64 is one) and lone surrogates (os.fsdecode) were
+    accepted at the call, then refused by the store and dropped as ``invalid``, rewards included."""
+    for index, (_, emit) in enumerate(_ACCEPTED):
+        with sqlite_tracer.trace_context("case", rollout_id=f"case-{index}"):
+            emit()
+    report = sqlite_tracer.force_flush(10)
+    assert report.completed and report.dropped == {}
+    store = sqlite_tracer.store
+    assert store is not None
+    lost = [name for i, (name, _) in enumerate(_ACCEPTED) if len(store.query_spans(f"case-{i}")) != 2]
+    assert lost == []  # each rollout: its root span and the event
+    assert sqlite_tracer.stats()["dropped"] == {}
+
+
+def test_scalar_subclasses_become_their_exact_builtin_type_with_the_same_value() -> None:
+    message, obj, reward_span = emitted(
+        lambda: emit_message(
+            _MyStr("body"), attributes={"f": _MyFloat(1.5), "i": _MyInt(2), "s": _EvilStr("s"), "big": _MyInt(2**64)}
+        ),
+        lambda: emit_object(_MyFloat(2.5)),
+        lambda: emit_reward({_MyStr("acc"): 1.0}),
+    )
+    a = message.attributes
+    assert [(type(a[k]), a[k]) for k in ("f", "i", "s", "big")] == [
+        (float, 1.5),
+        (int, 2),
+        (str, "s"),
+        (str, str(2**64)),
+    ]
+    assert type(get_message_value(message)) is str and get_message_value(message) == "body"
+    assert type(obj.attributes["agentlightning.object.literal"]) is float and get_object_value(obj) == 2.5
+    assert type(reward_span.attributes["agentlightning.reward.0.name"]) is str and get_rewards(reward_span) == {
+        "acc": 1.0
+    }
+
+
+def test_lone_surrogates_in_attributes_objects_and_exception_text_are_escaped_and_the_event_kept() -> None:
+    escaped = "caf\\udce9.txt"
+    message, obj, exception = emitted(
+        lambda: emit_message("m", attributes={_SURROGATE: _SURROGATE, "l": [_SURROGATE]}),
+        lambda: emit_object({"k": _SURROGATE}),
+        lambda: emit_exception(OSError(_SURROGATE)),
+    )
+    assert message.attributes[escaped] == escaped and message.attributes["l"] == (escaped,)
+    assert get_object_value(obj) == {"k": escaped}
+    assert exception.attributes["exception.message"] == escaped and exception.status_description == escaped
+
+
+def test_a_message_with_a_lone_surrogate_raises_value_error_naming_the_message() -> None:
+    with pytest.raises(ValueError, match=r"emit_message: message holds a lone surrogate .*index 3"):
+        emitted(lambda: emit_message(_SURROGATE))
+    with pytest.raises(ValueError, match=r"emit_message: message holds a lone surrogate"):
+        emit_message(_MyStr(_SURROGATE))  # no tracer: still refused at the call
+
+
+def test_a_reward_dimension_named_with_a_lone_surrogate_raises_value_error_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"emit_reward: dimension name 'caf\\udce9.txt' holds a lone surrogate"):
+        emitted(lambda: emit_reward({_SURROGATE: 1.0}))
+    with pytest.raises(ValueError, match=r"dimension name .* holds a lone surrogate"):
+        emit_reward({"a": 1.0, _SURROGATE: 0.5}, primary_key="a")
+
+
+def test_numpy_scalars_in_attributes_and_objects_are_stored_as_exact_builtin_types(
+    sqlite_tracer: agentemit.OtelTracer,
+) -> None:
+    np = pytest.importorskip("numpy", reason="numpy is optional and not installed")
+    with sqlite_tracer.trace_context("case", rollout_id="np"):
+        emit_object(np.float64(0.5))
+        emit_message("m", attributes={"score": np.float64(0.5), "n": np.int64(3)})
+        emit_reward(0.5, attributes={"t": np.float64(1.0)})
+    assert sqlite_tracer.force_flush(10).dropped == {}
+    assert sqlite_tracer.store is not None
+    spans = [s for s in sqlite_tracer.store.query_spans("np") if s.name != "case"]
+    assert len(spans) == 3
+    assert get_object_value(spans[0]) == 0.5
+    values = (spans[1].attributes["score"], spans[1].attributes["n"], spans[2].attributes["t"])
+    assert values == (0.5, 3, 1.0) and list(map(type, values)) == [float, int, float]
+
+
+# --- user attributes count toward memory_threshold ------------------------------------------------
+
+
+@pytest.fixture
+def raw_records() -> Iterator[list[RawRecord]]:
+    """An active rollout whose raw records (what the pipeline would receive) land in a list."""
+    captured: list[RawRecord] = []
+    ctx = RolloutContext(
+        rollout_id="r", attempt_id="a", trace_id=1, span_id=1, sequence=counter(), deliver=captured.append
+    )
+    token = CURRENT.set(ctx)
+    try:
+        yield captured
+    finally:
+        CURRENT.reset(token)
+
+
+_BIG = {"output": "x" * 1_000_000, "tokens": ("y" * 100_000,) * 5, "nested": {"k": "z" * 100_000}}
+_BIG_SIZE = 1_000_000 + 500_000 + 100_000
+
+
+@pytest.mark.parametrize(
+    "emit",
+    [
+        lambda attributes: emit_message("m", attributes=attributes),
+        lambda attributes: emit_reward(0.5, attributes=attributes),
+        lambda attributes: emit_reward({"a": 1.0}, attributes=attributes),
+        lambda attributes: emit_exception(ValueError("v"), attributes=attributes),
+        lambda attributes: emit_object({"a": 1}, attributes=attributes),
+    ],
+    ids=["message", "reward", "reward_mapping", "exception", "object"],
+)
+def test_user_attributes_count_toward_an_events_estimated_size(
+    emit: Callable[[Any], None], raw_records: list[RawRecord]
+) -> None:
+    """The queue is bounded by estimated bytes (memory_threshold): 60 events with 1 MiB attributes were
+    queued as 42 KB, and one 20 MiB attribute was never counted oversize."""
+    emit({"small": 1})
+    emit(_BIG)
+    small, big = raw_records
+    assert big[12] - small[12] >= _BIG_SIZE
+
+
+def test_an_attribute_bigger_than_the_queue_budget_is_refused_as_oversize(tmp_path: Any) -> None:
+    config = PipelineConfig(spool_dir=tmp_path / "spool", memory_threshold=1 << 20, flush_interval=0.01)
+    with capture_spans(config=config) as captured:
+        with captured.tracer.trace_context(rollout_id="r"):
+            emit_message("m", attributes={"blob": "y" * (2 << 20)})
+            emit_reward(0.5, attributes={"blob": "y" * (2 << 20)})
+            emit_message("kept")
+        assert captured.tracer.stats()["dropped"] == {"oversize": 2}
+    assert [get_message_value(s) for s in captured.spans if s.name == semconv.SPAN_MESSAGE] == ["kept"]
+
+
+# --- hostile input raises TypeError or ValueError, never the user's own exception -------------------
+
+
+class _Boom(Exception):
+    pass
+
+
+class _FloatBoom:
+    def __float__(self) -> float:
+        raise _Boom("__float__")
+
+    def __repr__(self) -> str:
+        raise _Boom("__repr__")
+
+
+class _KeyBoom:
+    """A hashable key whose str and repr raise."""
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __str__(self) -> str:
+        raise _Boom("__str__")
+
+    def __repr__(self) -> str:
+        raise _Boom("__repr__")
+
+
+class _HashBoom(str):
+    def __hash__(self) -> int:
+        raise _Boom("__hash__")
+
+    def __eq__(self, other: object) -> bool:
+        raise _Boom("__eq__")
+
+
+def test_a_reward_whose_float_raises_is_a_type_error_naming_it_chained_from_the_cause() -> None:
+    with pytest.raises(TypeError, match=r"emit_reward: reward \(_FloatBoom\) cannot be read as a number") as info:
+        emit_reward(_FloatBoom())  # type: ignore[arg-type]
+    assert isinstance(info.value.__cause__, _Boom)
+    with pytest.raises(TypeError, match=r"emit_reward: dimension 'a' \(_FloatBoom\) cannot be read"):
+        emit_reward({"a": _FloatBoom()})  # type: ignore[dict-item]
+
+
+def test_reward_dimension_names_whose_str_or_repr_raise_are_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"emit_reward: dimension name <_KeyBoom repr failed: _Boom> must be str"):
+        emit_reward({_KeyBoom(): 1.0, "a": 2.0})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"dimension name .* must be str"):
+        emit_reward({_KeyBoom(): 1.0, "a": 2.0}, primary_key="a")  # type: ignore[dict-item]
+
+
+def test_a_primary_key_whose_hash_raises_is_compared_by_its_characters_or_refused() -> None:
+    span = one(lambda: emit_reward({"a": 1.0, "b": 2.0}, primary_key=_HashBoom("b")))
+    assert get_rewards(span) == {"b": 2.0, "a": 1.0} and span.attributes["reward"] == 2.0
+    with pytest.raises(TypeError, match=r"emit_reward: primary_key must be str, got _KeyBoom"):
+        emit_reward({"a": 1.0, "b": 2.0}, primary_key=_KeyBoom())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("call", ["emit_message", "emit_reward", "emit_exception", "emit_object"])
+def test_an_attribute_key_whose_str_raises_is_a_type_error_naming_the_call(call: str) -> None:
+    calls: dict[str, Callable[[dict[Any, Any]], None]] = {
+        "emit_message": lambda a: emit_message("m", attributes=a),
+        "emit_reward": lambda a: emit_reward(0.5, attributes=a),
+        "emit_exception": lambda a: emit_exception(ValueError(), attributes=a),
+        "emit_object": lambda a: emit_object(1, attributes=a),
+    }
+    with pytest.raises(TypeError, match=rf"{call}: attributes: key <_KeyBoom repr failed: _Boom> \(_KeyBoom\)") as info:
+        emitted(lambda: calls[call]({_KeyBoom(): 1, "a": {_KeyBoom(): 2}}))
+    assert isinstance(info.value.__cause__, _Boom)
+
+
+def test_a_message_that_is_a_str_subclass_overriding_everything_is_stored_as_its_characters() -> None:
+    assert get_message_value(one(lambda: emit_message(_EvilStr("evil")))) == "evil"

@@ -613,3 +613,22 @@ def test_round_trip_through_a_tracer_and_sqlite_store(name: str, sqlite_tracer: 
     assert isinstance(read, JudgeModel)
     assert read == sent
     assert [get_event(s) for s in spans if s is not stored] == [None] * (len(spans) - 1)
+
+
+def test_user_attributes_count_toward_an_events_estimated_size(name: str, records: list[RawRecord]) -> None:
+    """The queue's byte bound (memory_threshold) must see the user's attributes, not just the payload."""
+    register_event_type(name, JUDGE_SCHEMA)
+    emit_event(name, JUDGE)
+    emit_event(name, JUDGE, attributes={"output": "x" * 1_000_000})
+    assert records[1][12] - records[0][12] >= 1_000_000
+
+
+def test_an_attribute_key_whose_str_raises_is_a_type_error_naming_the_call(name: str, records: list[RawRecord]) -> None:
+    class Key:
+        def __str__(self) -> str:
+            raise LookupError("no str")
+
+    register_event_type(name, JUDGE_SCHEMA)
+    with pytest.raises(TypeError, match=rf"emit_event\('{name}'\): attributes: key .* cannot be made a str") as info:
+        emit_event(name, JUDGE, attributes={Key(): 1})
+    assert isinstance(info.value.__cause__, LookupError) and records == []

@@ -13,7 +13,16 @@ from types import TracebackType
 from typing import Any
 
 from agentemit import semconv
-from agentemit.emit.encoding import TYPE_NAME_CACHE, flatten_attributes, object_attributes, type_name
+from agentemit.emit.encoding import (
+    TYPE_NAME_CACHE,
+    bounded_repr,
+    clean_text,
+    flatten_attributes,
+    is_utf8,
+    object_attributes,
+    text_size,
+    type_name,
+)
 from agentemit.emit.events import register_builtin_type
 from agentemit.emit.no_tracer import count_no_tracer
 from agentemit.emit.stacktrace import format_stacktrace
@@ -36,22 +45,48 @@ def _check_attributes(where: str, attributes: Any) -> None:
         raise TypeError(f"{where}: attributes must be a mapping of str to values, got {type(attributes).__name__}")
 
 
-def _merge_attributes(own: dict[str, Any], attributes: Mapping[str, Any]) -> dict[str, Any]:
-    """User attributes flattened, then the event's own on top: a user key never replaces event data."""
+def _merge_attributes(where: str, own: dict[str, Any], attributes: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """User attributes flattened, then the event's own on top: a user key never replaces event data.
+
+    Also returns the size of the user's text (:func:`text_size`), which the event's estimated size
+    must include: else attributes would carry any amount of memory past ``memory_threshold``.
+    """
     merged: dict[str, Any] = {}
-    flatten_attributes(attributes, merged)
+    flatten_attributes(attributes, merged, "", f"{where}: attributes")
+    size = text_size(merged)
     merged.update(own)
-    return merged
+    return merged, size
+
+
+def _text_problem(text: str) -> str:
+    """Why a str a store would refuse is refused (call only when :func:`is_utf8` is false)."""
+    index = next(i for i, char in enumerate(text) if 0xD800 <= ord(char) <= 0xDFFF)
+    return (
+        f"holds a lone surrogate ({text[index]!r} at index {index}), which is not valid UTF-8; "
+        "decode bytes with errors='replace' or 'backslashreplace'"
+    )
+
+
+def _message_text(message: Any) -> str:
+    """The rare message: a str subclass (as a plain str), or text with lone surrogates (raises)."""
+    if not isinstance(message, str):
+        raise TypeError(f"emit_message: message must be str, got {type(message).__name__}")
+    text = message if type(message) is str else str.__str__(message)  # a subclass: its characters
+    if not is_utf8(text):
+        raise ValueError(f"emit_message: message {_text_problem(text)}")
+    return text
 
 
 def emit_message(message: str, *, attributes: Mapping[str, Any] | None = None) -> None:
     """Record a message (a log line of the agent) as an ``agentlightning.message`` span.
 
     Raises:
-        TypeError: ``message`` is not a str, or ``attributes`` is not a mapping.
+        TypeError: ``message`` is not a str, ``attributes`` is not a mapping, or one of its keys
+            cannot be made a str.
+        ValueError: ``message`` holds a lone surrogate (not valid UTF-8: no store can keep it).
     """
-    if not isinstance(message, str):
-        raise TypeError(f"emit_message: message must be str, got {type(message).__name__}")
+    if type(message) is not str or not message.isascii():  # the usual message: one check each
+        message = _message_text(message)
     if attributes is not None:  # checked inline: most calls pass none
         _check_attributes("emit_message", attributes)
     ctx = CURRENT.get()
@@ -60,28 +95,55 @@ def emit_message(message: str, *, attributes: Mapping[str, Any] | None = None) -
     if not attributes:  # flat pairs: a record of plain values only, which the collector can untrack
         ctx.emit("message", semconv.SPAN_MESSAGE, (_BODY, message, _LEGACY_BODY, message), len(message))
         return None
-    attrs = _merge_attributes({_BODY: message, _LEGACY_BODY: message}, attributes)
-    ctx.emit("message", semconv.SPAN_MESSAGE, attrs, len(message))  # one str, held under two keys
+    attrs, size = _merge_attributes("emit_message", {_BODY: message, _LEGACY_BODY: message}, attributes)
+    ctx.emit("message", semconv.SPAN_MESSAGE, attrs, len(message) + size)  # one str, held under two keys
     return None
 
 
-def _reward_number(value: Any, what: str) -> float:
+def _reward_number(value: Any, key: str | None) -> float:
+    """``value`` as a finite float; errors name the reward, or the dimension ``key``."""
     cls = type(value)
     try:
         if cls is float:
             number: float = value
-        elif cls is int or cls is bool or isinstance(value, (int, float)):
+        elif cls is int or cls is bool:
             number = _float(value)
+        elif isinstance(value, (int, float)):  # numpy.float64, a user's float: the built-in's own slot
+            number = float.__float__(value) if isinstance(value, float) else int.__float__(value)
         else:
             as_float = getattr(value, "__float__", None)  # numpy scalars, Decimal, fractions
             if as_float is None or isinstance(value, (str, bytes)):
-                raise TypeError(f"emit_reward: {what} is {value!r} ({cls.__name__}); expected a finite number")
-            number = _float(as_float())
+                raise TypeError(
+                    f"emit_reward: {_what(key)} is {bounded_repr(value)} ({cls.__name__}); expected a finite number"
+                )
+            try:
+                number = _float(as_float())
+            except (OverflowError, TypeError):
+                raise
+            except Exception as exc:  # the user's __float__ failed: a bad argument, named
+                raise TypeError(
+                    f"emit_reward: {_what(key)} ({cls.__name__}) cannot be read as a number: "
+                    f"__float__ raised {type(exc).__name__}; expected a finite number"
+                ) from exc
     except OverflowError:  # an int beyond float range: as unusable as infinity (its repr may not even print)
-        raise ValueError(f"emit_reward: {what} is too large for a float; expected a finite number") from None
+        raise ValueError(f"emit_reward: {_what(key)} is too large for a float; expected a finite number") from None
     if not math.isfinite(number):
-        raise ValueError(f"emit_reward: {what} is {number!r}; expected a finite number")
+        raise ValueError(f"emit_reward: {_what(key)} is {number!r}; expected a finite number")
     return number
+
+
+def _what(key: str | None) -> str:
+    return "reward" if key is None else f"dimension {key!r}"
+
+
+def _dimension_name(key: Any) -> str:
+    """A dimension name as a plain str a store keeps; raises naming it otherwise."""
+    if not isinstance(key, str):
+        raise TypeError(f"emit_reward: dimension name {bounded_repr(key)} must be str, got {type(key).__name__}")
+    name = key if type(key) is str else str.__str__(key)  # a str subclass: its characters, whatever it overrides
+    if not is_utf8(name):
+        raise ValueError(f"emit_reward: dimension name {name!r} {_text_problem(name)}")
+    return name
 
 
 def reward_attributes(reward: float | Mapping[str, float], primary_key: str | None = None) -> dict[str, Any]:
@@ -93,31 +155,47 @@ def reward_attributes(reward: float | Mapping[str, float], primary_key: str | No
             _PRIMARY_VALUE_KEY: reward,
         }
     if isinstance(reward, Mapping):
-        if not reward:
+        try:
+            items = list(reward.items())
+        except Exception as exc:  # a broken mapping is a bad argument, named
+            raise TypeError(
+                f"emit_reward: reward mapping ({type(reward).__name__}) cannot be read: "
+                f"items() raised {type(exc).__name__}"
+            ) from exc
+        if not items:
             raise ValueError("emit_reward: reward mapping is empty; give at least one dimension")
+        # Names first, as plain strs: every later step (the primary's lookup, messages) then runs
+        # on values that cannot raise, whatever the user's keys override.
+        named = [(_dimension_name(key), value) for key, value in items]
+        names = [name for name, _ in named]
         if primary_key is None:
-            if len(reward) != 1:
-                names = ", ".join(map(str, reward))
-                raise ValueError(f"emit_reward: primary_key is required with {len(reward)} dimensions ({names})")
-            primary_key = next(iter(reward))
-        if primary_key not in reward:
-            raise ValueError(
-                f"emit_reward: primary_key {primary_key!r} is not one of the dimensions ({', '.join(map(str, reward))})"
-            )
-        dims = [(primary_key, _reward_number(reward[primary_key], f"dimension {primary_key!r}"))]
-        for key, value in reward.items():
-            if not isinstance(key, str):
-                raise TypeError(f"emit_reward: dimension name {key!r} must be str, got {type(key).__name__}")
-            if key != primary_key:
-                dims.append((key, _reward_number(value, f"dimension {key!r}")))
-        attrs: dict[str, Any] = {semconv.REWARD_LEGACY: dims[0][1]}
-        for index, (key, value) in enumerate(dims):
+            if len(named) != 1:
+                raise ValueError(
+                    f"emit_reward: primary_key is required with {len(named)} dimensions ({', '.join(names)})"
+                )
+            primary = 0
+        else:
+            if type(primary_key) is not str:
+                if not isinstance(primary_key, str):
+                    raise TypeError(f"emit_reward: primary_key must be str, got {type(primary_key).__name__}")
+                primary_key = str.__str__(primary_key)
+            if primary_key not in names:
+                raise ValueError(
+                    f"emit_reward: primary_key {primary_key!r} is not one of the dimensions ({', '.join(names)})"
+                )
+            primary = names.index(primary_key)
+        order = [named[primary], *named[:primary], *named[primary + 1 :]]
+        attrs: dict[str, Any] = {}
+        for index, (key, value) in enumerate(order):
+            number = _reward_number(value, key)
+            if index == 0:
+                attrs[semconv.REWARD_LEGACY] = number
             attrs[semconv.reward_name_key(index)] = key
-            attrs[semconv.reward_value_key(index)] = value
+            attrs[semconv.reward_value_key(index)] = number
         return attrs
     if primary_key is not None:
         raise ValueError("emit_reward: primary_key applies only to a mapping of dimensions")
-    value = _reward_number(reward, "reward")
+    value = _reward_number(reward, None)
     return {
         semconv.REWARD_LEGACY: value,
         _PRIMARY_NAME_KEY: semconv.PRIMARY_REWARD_NAME,
@@ -153,7 +231,8 @@ def emit_reward(
     if ctx is None:
         return count_no_tracer("reward")
     if attributes:
-        attrs = _merge_attributes(attrs, attributes)
+        attrs, size = _merge_attributes("emit_reward", attrs, attributes)
+        return ctx.emit("reward", semconv.SPAN_REWARD, attrs, size)
     ctx.emit("reward", semconv.SPAN_REWARD, attrs)
 
 
@@ -163,6 +242,8 @@ def _exception_pairs(exception: BaseException, escaped: bool) -> tuple[Any, ...]
     cls = type(exception)
     try:
         message = str(exception)
+        if type(message) is not str or not message.isascii():  # the usual message: one check each
+            message = clean_text(message)  # lone surrogates escaped: a store refuses them
     except Exception:  # a broken __str__ must not turn recording an error into raising one
         message = f"<{cls.__name__} str() failed>"
     return (
@@ -182,7 +263,7 @@ def _exception_pairs(exception: BaseException, escaped: bool) -> tuple[Any, ...]
 
 def _format_stacktrace(exception: BaseException, traceback: TracebackType | None) -> str:
     try:
-        return format_stacktrace(exception, traceback)
+        return clean_text(format_stacktrace(exception, traceback))  # paths may hold surrogates (fsdecode)
     except Exception as exc:  # a broken __str__ or frame must not cost the event
         return f"<stack trace unavailable: {type(exc).__name__}>"
 
@@ -209,7 +290,8 @@ def emit_exception(
     if not attributes:  # flat pairs: no dict to build on the agent's thread
         ctx.emit("exception", semconv.SPAN_EXCEPTION, pairs, _STACKTRACE_SIZE)
         return None
-    ctx.emit("exception", semconv.SPAN_EXCEPTION, _merge_attributes(as_attributes(pairs), attributes), _STACKTRACE_SIZE)
+    attrs, size = _merge_attributes("emit_exception", as_attributes(pairs), attributes)
+    ctx.emit("exception", semconv.SPAN_EXCEPTION, attrs, _STACKTRACE_SIZE + size)
     return None
 
 
@@ -234,8 +316,8 @@ def emit_object(obj: Any, *, attributes: Mapping[str, Any] | None = None) -> Non
     else:
         attrs = found  # type: ignore[assignment]
     if attributes:
-        attrs = _merge_attributes(attrs, attributes)
-        size = _text_size(attrs)
+        attrs, _ = _merge_attributes("emit_object", attrs, attributes)
+        size = text_size(attrs)  # the object's own text (its JSON or repr dominates) and the user's
     else:  # the object's own text (JSON, repr or a str literal) is the one that can be big
         payload = attrs.get(semconv.OBJECT_JSON) or attrs.get(semconv.OBJECT_REPR) or attrs.get(semconv.OBJECT_LITERAL)
         size = len(payload) if type(payload) is str else 0
@@ -251,12 +333,3 @@ register_builtin_type("object", semconv.SPAN_OBJECT, "normal")
 
 
 _STACKTRACE_SIZE = 4096  # a formatted stack trace, roughly; formatted later
-
-
-def _text_size(attrs: dict[str, Any]) -> int:
-    """Bytes held by the string values of an object event (its JSON or repr dominates)."""
-    size = 0
-    for value in attrs.values():  # a plain loop: a generator costs more than the few values it sums
-        if type(value) is str:
-            size += len(value)
-    return size

@@ -30,6 +30,7 @@ _MAX_LITERAL_BYTES = MAX_JSON_BYTES * 3 // 4  # bytes whose base64 text fits MAX
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # OpenTelemetry attribute ints are signed 64-bit
 
 _SCALARS = (str, bool, int, float)
+_EXACT_SCALARS = frozenset(_SCALARS)
 
 
 class _Truncated:
@@ -39,6 +40,41 @@ class _Truncated:
 
     def __init__(self) -> None:
         self.hit = False
+
+
+def is_utf8(text: str) -> bool:
+    """True when ``text`` (an exact str) holds no lone surrogate, so it is valid UTF-8 and storable."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def clean_text(text: str) -> str:
+    """``text`` as an exact str that is valid UTF-8: a str subclass becomes a plain str (its own
+    ``__str__`` is not called), and lone surrogates (``os.fsdecode``, ``surrogateescape``) become
+    backslash escapes. Stores refuse them, and an event must not be lost for them."""
+    if type(text) is not str:
+        text = str.__str__(text)  # the characters themselves, whatever the subclass overrides
+    if is_utf8(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def exact_scalar(value: str | bool | int | float) -> str | bool | int | float:
+    """A str, int or float subclass (``numpy.float64``, a user's ``class MyFloat(float)``) as the
+    exact built-in type, read through the built-in's own slot (no user override runs); stores and
+    orjson take only the exact types. A str is cleaned as :func:`clean_text` does."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, bool):  # bool cannot be subclassed: already exact
+        return value
+    if isinstance(value, int):
+        return int.__int__(value)
+    return float.__float__(value)
 
 
 def _numpy_to_python(value: Any) -> tuple[bool, Any]:
@@ -55,15 +91,20 @@ def to_jsonable(value: Any, marker: _Truncated, depth: int = 0, seen: frozenset[
 
     Raises ``TypeError`` for a value with no JSON form (the caller falls back to a bounded repr).
     """
-    if value is None or isinstance(value, (str, bool, int)):
+    cls = type(value)
+    if value is None or cls is bool or cls is int:
         return value
-    if isinstance(value, float):
+    if cls is str:
+        return value if is_utf8(value) else clean_text(value)
+    if cls is float:
         return value if math.isfinite(value) else str(value)
     if depth >= MAX_DEPTH or id(value) in seen:
         marker.hit = True
         return f"<{type(value).__name__} truncated>"
     if isinstance(value, enum.Enum):
         return to_jsonable(value.value, marker, depth + 1, seen)
+    if isinstance(value, _SCALARS):  # a subclass (numpy.float64 is a float): its exact value
+        return to_jsonable(exact_scalar(value), marker, depth + 1, seen)
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
     if isinstance(value, _dt.timedelta):
@@ -82,7 +123,8 @@ def to_jsonable(value: Any, marker: _Truncated, depth: int = 0, seen: frozenset[
             if i >= MAX_ITEMS:
                 marker.hit = True
                 break
-            out[k if isinstance(k, str) else str(k)] = to_jsonable(v, marker, depth + 1, inner)
+            key = clean_text(k) if isinstance(k, str) else str(k)  # orjson takes exact str keys only
+            out[key if is_utf8(key) else clean_text(key)] = to_jsonable(v, marker, depth + 1, inner)
         return out
     if isinstance(value, (list, tuple, set, frozenset)):
         items = list(value)
@@ -104,9 +146,10 @@ _orjson_dumps = orjson.dumps
 
 
 def bounded_repr(value: Any) -> str:
-    """``repr`` that never raises and never exceeds :data:`MAX_REPR_CHARS`."""
+    """``repr`` that never raises, never exceeds :data:`MAX_REPR_CHARS` and is valid UTF-8 (a
+    ``__repr__`` may return a str subclass or lone surrogates)."""
     try:
-        text = repr(value)
+        text = clean_text(repr(value))
     except Exception as exc:  # a broken __repr__ must not break the agent
         text = f"<{type(value).__name__} repr failed: {type(exc).__name__}>"
     if len(text) > MAX_REPR_CHARS:
@@ -146,6 +189,8 @@ def object_attributes(obj: Any) -> dict[str, AttributeValue] | tuple[str, str, s
         attrs[semconv.OBJECT_JSON] = "null"
         return attrs
     if isinstance(obj, _SCALARS) and not isinstance(obj, enum.Enum):
+        if cls is not int and cls is not float and cls is not bool:
+            obj = exact_scalar(obj)  # a subclass, or lone surrogates: what a store takes, same value
         if isinstance(obj, str) and len(obj) > MAX_JSON_BYTES:
             attrs[semconv.OBJECT_LITERAL] = obj[:MAX_JSON_BYTES] + semconv.TRUNCATED_SUFFIX
             attrs[semconv.OBJECT_TRUNCATED] = True
@@ -194,18 +239,27 @@ def type_name(cls: type) -> str:
     name = TYPE_NAME_CACHE.get(cls)
     if name is None:
         module = cls.__module__
-        name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+        name = clean_text(cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}")
         if len(TYPE_NAME_CACHE) < 1024:  # bounded: classes made on the fly must not grow it for ever
             TYPE_NAME_CACHE[cls] = name
     return name
 
 
-def flatten_attributes(attributes: Mapping[str, Any], out: dict[str, AttributeValue], prefix: str = "") -> None:
-    """Merge user attributes into ``out`` with dotted keys; values OpenTelemetry cannot hold become JSON."""
+def flatten_attributes(
+    attributes: Mapping[str, Any], out: dict[str, AttributeValue], prefix: str = "", where: str = "attributes"
+) -> None:
+    """Merge user attributes into ``out`` with dotted keys; values OpenTelemetry cannot hold become JSON.
+
+    Everything kept is what every store accepts: exact built-in types (a subclass such as
+    ``numpy.float64`` is converted), text without lone surrogates (escaped). Never raises for a
+    value; raises ``TypeError`` (prefixed with ``where``) for a key that cannot be made a str.
+    """
     for key, value in attributes.items():
-        name = f"{prefix}{key}" if isinstance(key, str) else f"{prefix}{key!s}"
+        name = prefix + (key if type(key) is str and key.isascii() else _key_text(key, where))
         cls = type(value)
-        if cls is str or cls is float or cls is bool or (cls is int and _INT64_MIN <= value <= _INT64_MAX):
+        if cls is str:
+            out[name] = value if is_utf8(value) else clean_text(value)
+        elif cls is float or cls is bool or (cls is int and _INT64_MIN <= value <= _INT64_MAX):
             out[name] = value
         elif isinstance(value, Mapping) and value and len(prefix) < 256:
             try:
@@ -213,16 +267,31 @@ def flatten_attributes(attributes: Mapping[str, Any], out: dict[str, AttributeVa
             except Exception:  # a broken mapping is kept as its repr, never raised into the agent
                 out[name] = bounded_repr(value)
             else:
-                flatten_attributes(nested, out, name + ".")
+                flatten_attributes(nested, out, name + ".", where)
         else:
             out[name] = _attribute_value(value)
 
 
+def _key_text(key: Any, where: str) -> str:
+    """An attribute key as valid UTF-8 text: a str as it is (surrogates escaped), anything else its
+    ``str()``; raises ``TypeError`` naming the key when that ``str()`` raises."""
+    if isinstance(key, str):
+        return clean_text(key)
+    try:
+        return clean_text(str(key))
+    except Exception as exc:
+        raise TypeError(
+            f"{where}: key {bounded_repr(key)} ({type(key).__name__}) cannot be made a str: "
+            f"str() raised {type(exc).__name__}; attribute keys must be str"
+        ) from exc
+
+
 def _attribute_value(value: Any) -> AttributeValue:
-    if isinstance(value, int) and not isinstance(value, bool) and not _INT64_MIN <= value <= _INT64_MAX:
-        return str(int(value))  # JSON text of an int no attribute can hold
     if isinstance(value, _SCALARS) and not isinstance(value, enum.Enum):
-        return value
+        exact = exact_scalar(value)  # a subclass (numpy.float64, a user's float): the exact type
+        if type(exact) is int and not _INT64_MIN <= exact <= _INT64_MAX:
+            return str(exact)  # JSON text of an int no attribute can hold
+        return exact
     if isinstance(value, (list, tuple)) and value:
         first = type(value[0])
         if (
@@ -230,9 +299,30 @@ def _attribute_value(value: Any) -> AttributeValue:
             and all(type(v) is first for v in value)
             and (first is not int or all(_INT64_MIN <= v <= _INT64_MAX for v in value))
         ):
+            if first is str and not all(map(is_utf8, value)):
+                return tuple(map(clean_text, value))
             return tuple(value)
+    is_np, converted = _numpy_to_python(value)
+    if is_np and type(converted) in _EXACT_SCALARS:  # a numpy scalar (np.int64 is no int): its value
+        return _attribute_value(converted)
     marker = _Truncated()
     try:
         return orjson.dumps(to_jsonable(value, marker)).decode("utf-8")
     except Exception:  # whatever the value raises while being read, it is kept as a repr, never raised
         return bounded_repr(value)
+
+
+def text_size(attributes: Mapping[str, Any]) -> int:
+    """Bytes held by flattened attributes, roughly: their text values (a tuple's items as 8 bytes
+    each plus their text). What the queue's byte bound counts for an event's own big strings and
+    for the user's ``attributes``, so that neither can carry an event past it unseen."""
+    size = 0
+    for value in attributes.values():  # a plain loop: a generator costs more than the few values it sums
+        cls = type(value)
+        if cls is str:
+            size += len(value)
+        elif cls is tuple:
+            size += 8 * len(value)
+            if value and type(value[0]) is str:
+                size += sum(map(len, value))
+    return size

@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, TypeAlias
 import orjson
 
 from agentemit import semconv
-from agentemit.emit.encoding import flatten_attributes
+from agentemit.emit.encoding import flatten_attributes, text_size
 from agentemit.emit.no_tracer import count_no_tracer
 from agentemit.emit.readers import SpanLike
 from agentemit.emit.schema import SchemaAdapter, SchemaViolation, adapter_for
@@ -306,14 +306,17 @@ def emit_event(name: str, data: Any, *, attributes: Mapping[str, Any] | None = N
     if ctx is None:
         return count_no_tracer(f"event({name!r})")
     attrs: dict[str, Any] = {}
+    size = 0
     if attributes:
         if not isinstance(attributes, Mapping):
             raise TypeError(f"{where}: attributes must be a mapping of str to values, got {type(attributes).__name__}")
-        flatten_attributes(attributes, attrs)
+        flatten_attributes(attributes, attrs, "", f"{where}: attributes")
+        size = text_size(attrs)  # counted against memory_threshold, as the payload is
+    text = payload.decode()
     attrs[semconv.EVENT_TYPE] = name
     attrs[semconv.EVENT_VERSION] = event_type.version
-    attrs[semconv.EVENT_PAYLOAD] = payload.decode()
-    ctx.emit(event_type.kind, event_type.span_name, attrs, len(attrs[semconv.EVENT_PAYLOAD]))
+    attrs[semconv.EVENT_PAYLOAD] = text
+    ctx.emit(event_type.kind, event_type.span_name, attrs, len(text) + size)
 
 
 def _reject(event_type: EventType, exc: EventValidationError) -> None:
