@@ -182,6 +182,7 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("events", [{"name": "e", "timestamp": "soon"}], "$.spans[1].events[0].timestamp: is str"),
     ("span_id", "a\x00b", "$.spans[1].span_id: contains a NUL character"),
     ("trace_id", MISSING, "$.spans[1].trace_id: is missing; expected a str"),
+    ("attempt_id", "a" * 600, "$.spans[1].attempt_id: is 600 characters long"),
 ]
 
 
@@ -482,6 +483,22 @@ def test_spans_without_a_rollout_id_are_reported_rejected_in_partial_success_and
     assert "abababababababab ('orphan') has no agentlightning.rollout_id" in reply.partial_success.error_message
     assert [s.span_id for s in store.query_spans("ro-p")] == [good.span_id]
     assert httpx.get(f"{url}/v1/stats").json()["spans_rejected"] == {"no_rollout_id": 2}
+
+
+def test_an_otlp_span_with_an_over_long_key_is_rejected_in_partial_success_and_the_rest_stored(
+    url: str, store: SpanStore
+) -> None:
+    long_rollout = "r" * 600
+    request = spans_to_otlp([make_span(0, rollout="ro-k"), make_span(1, rollout=long_rollout)])
+    response = httpx.post(
+        f"{url}/v1/traces", content=request.SerializeToString(), headers={"Content-Type": "application/x-protobuf"}
+    )
+    assert response.status_code == 200
+    reply = ExportTraceServiceResponse.FromString(response.content)
+    assert reply.partial_success.rejected_spans == 1
+    assert "rollout_id is 600 characters long" in reply.partial_success.error_message
+    assert [s.rollout_id for s in store.list_rollouts()] == ["ro-k"]
+    assert httpx.get(f"{url}/v1/stats").json()["spans_rejected"] == {"invalid_span": 1}
 
 
 def test_otlp_spans_keep_their_sequence_ids_and_new_ones_continue_after_the_highest(url: str, store: SpanStore) -> None:

@@ -202,6 +202,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("event that is not a SpanEvent", {"events": [("e", 1)]}, r"events\[0\]"),
     ("event attribute list of lists", {"events": [SpanEvent("e", 1, {"l": ((1,),)})]}, r"events\[0\]\.attributes"),  # type: ignore[dict-item]
     ("lone surrogate in name", {"name": "bad \ud800"}, "name cannot be encoded"),
+    ("key over 512 characters", {"rollout_id": "r" * 503}, "rollout_id is 503 characters.*limit of 512"),
 ]
 
 
@@ -217,6 +218,15 @@ def test_an_invalid_span_refuses_the_whole_batch_naming_span_and_field(
         assert "'bad-span'" in str(info.value)
     assert ids(store.query_spans("r1")) == [make_span(0).span_id]
     assert [s.rollout_id for s in store.list_rollouts()] == ["r1"]
+
+
+def test_a_key_of_512_four_byte_characters_is_stored_and_read_back_by_every_store(store: Store) -> None:
+    # 2,048 bytes of UTF-8: the most the key limit lets in must fit PostgreSQL's index entry.
+    rollout, attempt = "\U0001f600" * 250, "\U0001d11e" * 246
+    span = make_span(0, rollout=rollout, attempt=attempt)
+    assert len(rollout + attempt + span.span_id) == 512
+    assert store.add_many_spans([span]) == 1
+    assert store.query_spans(rollout, attempt) == [span]
 
 
 def test_a_bad_resource_after_a_shared_good_one_still_refuses_the_batch(store: Store) -> None:

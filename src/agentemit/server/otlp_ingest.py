@@ -30,6 +30,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from agentemit import codec, semconv
 from agentemit.server.security import Reason, Rejected
 from agentemit.span import Attributes, AttributeScalar, AttributeValue, Span, SpanEvent, StatusName
+from agentemit.stores._rows import key_problem
 from agentemit.stores.base import SpanStore
 
 PROTOBUF = "application/x-protobuf"
@@ -204,6 +205,10 @@ def _convert_span(pb: PbSpan, resource: Attributes, out: Converted) -> None:
         )
         return
     attempt_id = _identity(attrs, resource, semconv.ATTEMPT_ID)
+    too_long = key_problem(rollout_id, attempt_id, span_hex)
+    if too_long:
+        out.reject(SpanRejection.INVALID_SPAN, f"span {span_hex} ({pb.name!r}): {too_long[0]} {too_long[1]}")
+        return
     text = (rollout_id, attempt_id, pb.name)
     times = (pb.start_time_unix_nano, pb.end_time_unix_nano, *(e.time_unix_nano for e in pb.events))
     if any("\x00" in t for t in text) or any(t > _INT64_MAX for t in times):

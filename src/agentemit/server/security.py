@@ -19,6 +19,8 @@ from typing import Protocol
 
 import zstandard
 
+from agentemit.stores._rows import key_problem
+
 AUDIT_LOGGER = "agentemit.server.audit"
 _audit = logging.getLogger(AUDIT_LOGGER)
 
@@ -291,6 +293,9 @@ def _span_problem(obj: dict[str, object], path: str) -> str | None:
         problem = _text_problem(obj.get(name, _MISSING), nonempty=False)
         if problem:
             return f"{path}.{name}: {problem}"
+    too_long = key_problem(str(obj["rollout_id"]), str(obj["attempt_id"]), str(obj["span_id"]))
+    if too_long:
+        return f"{path}.{too_long[0]}: {too_long[1]}"
     parent = obj.get("parent_id")
     if parent is not None and _text_problem(parent, nonempty=False):
         return f"{path}.parent_id: is {parent!r}; expected null or a str without NUL characters"

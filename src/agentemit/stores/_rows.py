@@ -32,6 +32,12 @@ _INTEGERS = ("sequence_id", "start_time", "end_time")
 _SCALARS = (str, bool, int, float)
 _SCALAR_TYPES = frozenset(_SCALARS)
 
+# The span key (rollout_id, attempt_id, span_id) is PostgreSQL's primary-key index entry, and a btree
+# refuses an entry over ~2,700 bytes (a third of an 8 KiB page). UTF-8 spends at most 4 bytes a
+# character, so 512 characters (2,048 bytes, plus a few dozen of entry overhead) fit whatever the
+# text. Every store applies the same limit, so no store keeps a span another would refuse.
+MAX_KEY_CHARS = 512
+
 
 class StoreClosedError(RuntimeError):
     """A store was used after ``close()``."""
@@ -73,7 +79,7 @@ def _describe(span: Span, index: int) -> str:
 
 
 def _text_ok(span: Span) -> bool:
-    """Fast path: the id and name fields are strs, the key parts non-empty, none holds a NUL."""
+    """Fast path: the id and name fields are strs, the key parts non-empty and short enough, none holds a NUL."""
     rollout_id, attempt_id, span_id, trace_id, name = (
         span.rollout_id,
         span.attempt_id,
@@ -89,7 +95,21 @@ def _text_ok(span: Span) -> bool:
         and type(name) is str
         and rollout_id != ""
         and span_id != ""
+        and len(rollout_id) + len(attempt_id) + len(span_id) <= MAX_KEY_CHARS
         and "\x00" not in f"{rollout_id}{attempt_id}{span_id}{trace_id}{name}"
+    )
+
+
+def key_problem(rollout_id: str, attempt_id: str, span_id: str) -> tuple[str, str] | None:
+    """The longest key field and why, when the three together exceed ``MAX_KEY_CHARS``; else None."""
+    total = len(rollout_id) + len(attempt_id) + len(span_id)
+    if total <= MAX_KEY_CHARS:
+        return None
+    parts = {"rollout_id": rollout_id, "attempt_id": attempt_id, "span_id": span_id}
+    longest = max(parts, key=lambda name: len(parts[name]))
+    return longest, (
+        f"is {len(parts[longest])} characters long: rollout_id, attempt_id and span_id together are {total}, "
+        f"over the limit of {MAX_KEY_CHARS}"
     )
 
 
@@ -105,6 +125,9 @@ def _field_problem(span: Span) -> tuple[str, str] | None:
                 return name, "is empty"
             if "\x00" in value:
                 return name, "contains a NUL character"
+        problem = key_problem(span.rollout_id, span.attempt_id, span.span_id)
+        if problem is not None:
+            return problem
     parent = span.parent_id
     if parent is not None and (not isinstance(parent, str) or "\x00" in parent):
         return "parent_id", f"is {parent!r}; expected None or a str without NUL characters"
