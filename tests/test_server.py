@@ -23,7 +23,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from agentemit import codec, semconv
 from agentemit.compression import compress
 from agentemit.pipeline.otlp import spans_to_otlp
-from agentemit.server import runner
+from agentemit.server import app as app_module
+from agentemit.server import otlp_ingest, runner
 from agentemit.server.app import create_app
 from agentemit.server.runner import ServerThread, is_loopback, serve
 from agentemit.server.security import AUDIT_LOGGER, RateLimiter
@@ -217,6 +218,24 @@ def test_a_store_failure_is_a_500_naming_the_store(url: str, store: SpanStore) -
     assert response.status_code == 500
     assert type(store).__name__ in response.json()["error"]
     assert httpx.get(f"{url}/v1/stats").json()["requests_rejected"] == {"store_error": 1}
+
+
+def test_an_unexpected_error_is_a_500_in_the_error_format_with_an_audit_line_and_the_connection_kept(
+    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom(data: bytes) -> list[Span]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app_module, "_decode_batch", boom)
+    monkeypatch.setattr(otlp_ingest, "decode", lambda body, kind: boom(body))
+    with caplog.at_level(logging.WARNING, logger=AUDIT_LOGGER), httpx.Client() as client:
+        response = client.post(f"{url}/v1/spans", content=codec.encode_batch([make_span(0)]), headers=JSON_HEADERS)
+        assert (response.status_code, response.json()) == (500, {"error": "internal error: RuntimeError: boom"})
+        otlp = client.post(f"{url}/v1/traces", content=b"{}", headers=JSON_HEADERS)
+        assert (otlp.status_code, otlp.json()) == (500, {"code": 13, "message": "internal error: RuntimeError: boom"})
+        assert client.get(f"{url}/healthz").status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == AUDIT_LOGGER]
+    assert len(lines) == 2 and "path=/v1/spans status=500 reason=internal_error" in lines[0], lines
 
 
 # --- security --------------------------------------------------------------------------------------------
@@ -499,6 +518,16 @@ def test_an_otlp_span_with_an_over_long_key_is_rejected_in_partial_success_and_t
     assert "rollout_id is 600 characters long" in reply.partial_success.error_message
     assert [s.rollout_id for s in store.list_rollouts()] == ["ro-k"]
     assert httpx.get(f"{url}/v1/stats").json()["spans_rejected"] == {"invalid_span": 1}
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0663", "9" * 5000])
+def test_an_otlp_sequence_id_that_is_not_ascii_digits_gets_one_assigned(url: str, store: SpanStore, text: str) -> None:
+    request = spans_to_otlp([make_span(0, rollout="ro-d", attributes={semconv.SPAN_SEQUENCE_ID: text})])
+    response = httpx.post(
+        f"{url}/v1/traces", content=request.SerializeToString(), headers={"Content-Type": "application/x-protobuf"}
+    )
+    assert response.status_code == 200, response.text
+    assert [s.sequence_id for s in store.query_spans("ro-d")] == [0]
 
 
 def test_otlp_spans_keep_their_sequence_ids_and_new_ones_continue_after_the_highest(url: str, store: SpanStore) -> None:

@@ -24,7 +24,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentemit import codec
 from agentemit.server import otlp_ingest
@@ -165,6 +165,36 @@ class _CountRequests:
         if scope["type"] == "http":
             self.stats.request()
         await self.app(scope, receive, send)
+
+
+class _CatchAll:
+    """Pure ASGI middleware: a bug that escapes a handler becomes one 500 in the server's error format
+    and one audit line, like any refusal, instead of a plain-text 500 with the connection closed.
+
+    An exception after the response has started cannot be answered any more and is re-raised.
+    """
+
+    def __init__(self, app: ASGIApp, respond: Callable[[Request, Exception], Response]) -> None:
+        self.app = app
+        self.respond = respond
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:
+                raise
+            await self.respond(Request(scope), exc)(scope, receive, send)
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -319,6 +349,13 @@ def create_app(
             body = otlp_ingest.encode_status(status, message, kind)
             return Response(body, status_code=status, media_type=kind, headers=headers)
         return _json({"error": message}, status, headers)
+
+    def on_bug(request: Request, exc: Exception) -> Response:
+        _log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        return refuse(request, 500, Reason.INTERNAL_ERROR.value, message, None)
+
+    app.add_middleware(_CatchAll, respond=on_bug)
 
     @app.exception_handler(Rejected)
     async def on_rejected(request: Request, exc: Rejected) -> Response:

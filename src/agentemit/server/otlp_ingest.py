@@ -180,9 +180,14 @@ def _identity(attrs: Attributes, resource: Attributes, key: str) -> str:
 
 
 def _sequence_id(value: AttributeValue | None) -> int | None:
+    """The span's own sequence id, or None (one is assigned) for anything but an int64 >= 0.
+
+    A str must be ASCII digits: ``str.isdigit`` also accepts "²", which ``int`` refuses, and more than
+    19 digits is beyond int64 anyway (and ``int`` refuses over 4,300).
+    """
     if type(value) is int and 0 <= value <= _INT64_MAX:
         return value
-    if isinstance(value, str) and value.isdigit() and int(value) <= _INT64_MAX:
+    if isinstance(value, str) and len(value) <= 19 and value.isascii() and value.isdigit() and int(value) <= _INT64_MAX:
         return int(value)
     return None
 

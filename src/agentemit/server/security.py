@@ -38,6 +38,7 @@ class Reason(str, enum.Enum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     NOT_FOUND = "not_found"
     STORE_ERROR = "store_error"
+    INTERNAL_ERROR = "internal_error"
 
 
 class Rejected(Exception):
