@@ -579,6 +579,13 @@ def test_otlp_refuses_an_unknown_media_type_and_a_corrupt_body_with_a_status_mes
     assert bad_json.status_code == 400 and "not OTLP JSON" in bad_json.json()["message"]
 
 
+@pytest.mark.parametrize("depth", [990, 1020])
+def test_deeply_nested_otlp_json_is_a_400(url: str, depth: int) -> None:
+    body = '{"resourceSpans": ' + "[" * depth + "]" * depth + "}"
+    response = httpx.post(f"{url}/v1/traces", content=body, headers=JSON_HEADERS)
+    assert response.status_code == 400 and "not OTLP JSON" in response.json()["message"]
+
+
 def test_the_otlp_exporter_is_refused_without_the_token_and_nothing_is_stored(
     serve_app: Serve, store: SpanStore
 ) -> None:

@@ -94,9 +94,11 @@ def parse_request(body: bytes, kind: str) -> ExportTraceServiceRequest:
     if not isinstance(document, dict):
         got = type(document).__name__
         raise Rejected(400, Reason.BAD_REQUEST, f"body is not OTLP JSON: expected an object, got {got}")
-    _hex_ids_to_base64(document)
     try:
+        _hex_ids_to_base64(document)
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
+    except RecursionError as exc:  # orjson parses up to 1,024 levels; walking them recurses past Python's limit
+        raise Rejected(400, Reason.BAD_REQUEST, "body is not OTLP JSON: nested too deeply") from exc
     except (json_format.ParseError, TypeError, ValueError) as exc:
         raise Rejected(400, Reason.BAD_REQUEST, f"body is not OTLP JSON: {exc}") from exc
     return request
