@@ -389,6 +389,14 @@ def test_a_negative_or_non_numeric_page_parameter_is_a_400_naming_it(url: str) -
     assert httpx.get(f"{url}/v1/rollouts", params={"limit": "many"}).json()["error"].startswith("query.limit")
 
 
+@pytest.mark.parametrize("param", ["limit", "offset"])
+def test_a_page_parameter_beyond_int64_is_a_400_naming_it(url: str, param: str) -> None:
+    assert httpx.get(f"{url}/v1/rollouts/r1/spans", params={param: 2**63 - 1}).status_code == 200
+    for path in ("/v1/rollouts", "/v1/rollouts/r1/spans"):
+        response = httpx.get(f"{url}{path}", params={param: 2**63})
+        assert response.status_code == 400 and response.json()["error"].startswith(f"query.{param}")
+
+
 def test_healthz_and_the_openapi_document_list_every_route(url: str) -> None:
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]

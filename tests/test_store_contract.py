@@ -328,8 +328,8 @@ def test_limit_and_offset_page_through_spans_in_order(store: Store) -> None:
     assert store.query_spans("r1", limit=0) == []
 
 
-@pytest.mark.parametrize(("limit", "offset"), [(-1, 0), (None, -1)])
-def test_a_negative_limit_or_offset_is_refused(store: Store, limit: int | None, offset: int) -> None:
+@pytest.mark.parametrize(("limit", "offset"), [(-1, 0), (None, -1), (2**63, 0), (None, 2**63)])
+def test_a_limit_or_offset_outside_int64_or_negative_is_refused(store: Store, limit: int | None, offset: int) -> None:
     with pytest.raises(ValueError, match=r"limit|offset"):
         store.query_spans("r1", limit=limit, offset=offset)
     with pytest.raises(ValueError, match=r"limit|offset"):

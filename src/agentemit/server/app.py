@@ -39,6 +39,7 @@ from agentemit.server.security import (
     validate_batch,
 )
 from agentemit.span import Span
+from agentemit.stores._rows import INT64_MAX
 from agentemit.stores.base import SpanStore
 
 _log = logging.getLogger("agentemit.server")
@@ -404,8 +405,8 @@ def create_app(
 
     # --- reads ----------------------------------------------------------------------------------------
 
-    limit_q = Query(None, ge=0, description="at most this many (all when omitted)")
-    offset_q = Query(0, ge=0, description="skip this many first")
+    limit_q = Query(None, ge=0, le=INT64_MAX, description="at most this many (all when omitted)")
+    offset_q = Query(0, ge=0, le=INT64_MAX, description="skip this many first")
 
     @app.get("/v1/rollouts", dependencies=guarded, response_model=list[RolloutSummaryDoc], responses=_ERRORS)
     async def get_rollouts(limit: int | None = limit_q, offset: int = offset_q) -> Response:

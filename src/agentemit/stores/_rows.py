@@ -24,7 +24,7 @@ SpanKey = tuple[str, str, str]
 Problem = tuple[SpanKey, str]
 
 _INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
+INT64_MAX = 2**63 - 1
 _STATUSES = frozenset(("UNSET", "OK", "ERROR"))
 _NONEMPTY_TEXT = ("rollout_id", "span_id")
 _TEXT = ("attempt_id", "trace_id", "name")
@@ -135,7 +135,7 @@ def _field_problem(span: Span) -> tuple[str, str] | None:
         value = getattr(span, name)
         if type(value) is not int:
             return name, f"is {type(value).__name__}; expected an int"
-        if not _INT64_MIN <= value <= _INT64_MAX:
+        if not _INT64_MIN <= value <= INT64_MAX:
             return name, f"is {value}, outside the signed 64-bit range"
     if span.status not in _STATUSES:
         return "status", f"is {span.status!r}; expected one of UNSET, OK, ERROR"
@@ -319,11 +319,13 @@ def build_rows(spans: Sequence[Span], backend: str) -> list[SpanRow]:
 
 
 def check_page(limit: int | None, offset: int, backend: str) -> None:
-    """Refuse a negative limit or offset (SQL would read them as "no limit" or fail obscurely)."""
-    if limit is not None and (type(limit) is not int or limit < 0):
-        raise ValueError(f"{backend} store: limit {limit!r} must be None or an int >= 0")
-    if type(offset) is not int or offset < 0:
-        raise ValueError(f"{backend} store: offset {offset!r} must be an int >= 0")
+    """Refuse a limit or offset outside 0..2**63-1: SQL reads a negative limit as "no limit", and
+    SQLite and PostgreSQL cannot bind a larger one (the memory store could), so every store refuses both.
+    """
+    if limit is not None and (type(limit) is not int or not 0 <= limit <= INT64_MAX):
+        raise ValueError(f"{backend} store: limit {limit!r} must be None or an int in 0..{INT64_MAX}")
+    if type(offset) is not int or not 0 <= offset <= INT64_MAX:
+        raise ValueError(f"{backend} store: offset {offset!r} must be an int in 0..{INT64_MAX}")
 
 
 def row_problem(key: SpanKey, checksum: str, data: bytes) -> str | None:
