@@ -320,6 +320,16 @@ def test_an_unknown_rollout_queries_as_empty(store: Store) -> None:
     assert store.query_spans("nope", "latest") == []
 
 
+def test_a_nul_character_in_a_read_parameter_matches_nothing(store: Store) -> None:
+    store.add_span(make_span(0))
+    assert store.query_spans("r\x00") == []
+    assert store.query_spans("r1", "a\x00") == []
+    assert store.query_spans("r1", name="\x00") == []
+    assert store.query_spans("r1", "latest", name="a\x00b") == []
+    assert store.get_next_span_sequence_id("r\x00", "a1") == 0
+    assert store.get_next_span_sequence_id("r1", "a\x00") == 0
+
+
 def test_limit_and_offset_page_through_spans_in_order(store: Store) -> None:
     store.add_many_spans([make_span(i) for i in range(10)])
     assert [s.sequence_id for s in store.query_spans("r1", limit=3)] == [0, 1, 2]

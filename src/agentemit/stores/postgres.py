@@ -122,6 +122,13 @@ def _redacted(dsn: str) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items() if k != "password" and v is not None)
 
 
+def _holds_nul(*texts: str | None) -> bool:
+    """True when a read parameter holds a NUL: PostgreSQL text cannot (DataError), and no stored
+    value does (validation refuses them), so such a query matches nothing, as in the other stores.
+    """
+    return any(text is not None and "\x00" in text for text in texts)
+
+
 def _create_stage(conn: psycopg.Connection[Any]) -> None:
     conn.execute(_STAGE_DDL)
 
@@ -285,6 +292,8 @@ class PostgresStore(SpanStore):
         offset: int = 0,
     ) -> list[Span]:
         check_page(limit, offset, "postgres")
+        if _holds_nul(rollout_id, attempt_id, name):
+            return []
         parts: list[sql.Composable] = [
             sql.SQL("SELECT data FROM {schema}.spans WHERE rollout_id = %s").format(schema=self._ident)
         ]
@@ -315,6 +324,8 @@ class PostgresStore(SpanStore):
         return assemble_summaries(heads, attempts, names)
 
     def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        if _holds_nul(rollout_id, attempt_id):
+            return 0
         query = sql.SQL(
             "SELECT COALESCE(MAX(sequence_id) + 1, 0) FROM {schema}.spans WHERE rollout_id = %s AND attempt_id = %s"
         ).format(schema=self._ident)
