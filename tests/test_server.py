@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import math
@@ -555,6 +556,30 @@ def test_otlp_spans_keep_their_sequence_ids_and_new_ones_continue_after_the_high
         explicit.span_id: 9,
         "cd" * 8: 10,
     }
+
+
+def test_otlp_spans_of_an_attempt_that_used_the_last_sequence_id_are_rejected_by_name(
+    url: str, store: SpanStore
+) -> None:
+    last = dataclasses.replace(make_span(0, rollout="ro-max"), sequence_id=2**63 - 1)  # carried as an attribute
+    request = spans_to_otlp([last, make_span(0, rollout="ro-other")])
+    bare = request.resource_spans[0].scope_spans[0].spans.add()
+    bare.CopyFrom(request.resource_spans[0].scope_spans[0].spans[0])
+    bare.span_id = bytes.fromhex("cd" * 8)
+    del bare.attributes[-1]  # no sequence id: the server must assign one, and none is left
+    response = httpx.post(
+        f"{url}/v1/traces", content=request.SerializeToString(), headers={"Content-Type": "application/x-protobuf"}
+    )
+    assert response.status_code == 200, response.text
+    reply = ExportTraceServiceResponse.FromString(response.content)
+    assert reply.partial_success.rejected_spans == 1
+    assert "cdcdcdcdcdcdcdcd ('step'): attempt 'a1' of rollout 'ro-max' has no sequence id left" in (
+        reply.partial_success.error_message
+    )
+    assert [s.sequence_id for s in store.query_spans("ro-max")] == [2**63 - 1]
+    assert len(store.query_spans("ro-other")) == 1
+    with HttpStore(url) as client:
+        assert client.get_next_span_sequence_id("ro-max", "a1") == 2**63
 
 
 def test_our_own_spans_survive_the_otlp_round_trip(url: str, store: SpanStore) -> None:

@@ -487,6 +487,11 @@ def test_next_sequence_id_is_one_past_the_highest_of_that_attempt(store: Store) 
     assert store.get_next_span_sequence_id("r1", "a3") == 0
 
 
+def test_next_sequence_id_after_the_largest_int64_is_2_to_the_63_in_every_store(store: Store) -> None:
+    store.add_span(make_span(2**63 - 1, start=5))
+    assert store.get_next_span_sequence_id("r1", "a1") == 2**63
+
+
 # --- verify -------------------------------------------------------------------------------------
 
 

@@ -284,12 +284,31 @@ def assign_sequence_ids(converted: Converted, store: SpanStore) -> None:
     groups: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
     for i in converted.unsequenced:
         groups[(spans[i].rollout_id, spans[i].attempt_id)].append(i)
+    exhausted: list[int] = []
     for (rollout_id, attempt_id), indexes in groups.items():
         start = max(
             store.get_next_span_sequence_id(rollout_id, attempt_id), explicit_max.get((rollout_id, attempt_id), -1) + 1
         )
         for offset, i in enumerate(sorted(indexes, key=lambda i: (spans[i].start_time, i))):
             spans[i].sequence_id = start + offset
+            if spans[i].sequence_id > _INT64_MAX:
+                exhausted.append(i)
+    converted.unsequenced = []  # every span has its id now (or is rejected below)
+    if exhausted:
+        _reject_exhausted(converted, exhausted)
+
+
+def _reject_exhausted(converted: Converted, indexes: list[int]) -> None:
+    """Reject spans whose attempt has no sequence id left (it used 2**63-1), rather than store a wrapped id."""
+    for i in indexes:
+        span = converted.spans[i]
+        converted.reject(
+            SpanRejection.INVALID_SPAN,
+            f"span {span.span_id} ({span.name!r}): attempt {span.attempt_id!r} of rollout {span.rollout_id!r} "
+            f"has no sequence id left (one span holds {_INT64_MAX}); send {semconv.SPAN_SEQUENCE_ID} explicitly",
+        )
+    dropped = set(indexes)
+    converted.spans = [span for i, span in enumerate(converted.spans) if i not in dropped]
 
 
 def store_converted(converted: Converted, store: SpanStore, lock: threading.Lock) -> int:
@@ -303,7 +322,7 @@ def store_converted(converted: Converted, store: SpanStore, lock: threading.Lock
         return store.add_many_spans(converted.spans)
     with lock:
         assign_sequence_ids(converted, store)
-        return store.add_many_spans(converted.spans)
+        return store.add_many_spans(converted.spans) if converted.spans else 0
 
 
 # --- responses ---------------------------------------------------------------------------------------

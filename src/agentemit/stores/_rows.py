@@ -318,6 +318,13 @@ def build_rows(spans: Sequence[Span], backend: str) -> list[SpanRow]:
     return list(iter_rows(spans, backend))
 
 
+def next_sequence_id(highest: int | None) -> int:
+    """One past an attempt's highest sequence id (0 for none), computed in Python in every store: SQL
+    ``MAX(sequence_id) + 1`` overflows at 2**63-1 (PostgreSQL raises, SQLite turns it into a float).
+    """
+    return 0 if highest is None else int(highest) + 1
+
+
 def check_page(limit: int | None, offset: int, backend: str) -> None:
     """Refuse a limit or offset outside 0..2**63-1: SQL reads a negative limit as "no limit", and
     SQLite and PostgreSQL cannot bind a larger one (the memory store could), so every store refuses both.

@@ -91,7 +91,11 @@ class SpanStore(abc.ABC):
 
     @abc.abstractmethod
     def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
-        """One more than the highest stored sequence_id of this attempt (0 when none)."""
+        """One more than the highest stored sequence_id of this attempt (0 when none).
+
+        2**63 when the attempt holds the largest int64: no later span of it can be numbered (every
+        store refuses a sequence_id beyond int64), which the caller must handle, not wrap.
+        """
 
     def verify(self) -> list[tuple[tuple[str, str, str], str]]:
         """Re-check every stored row against its checksum: ``[(key, problem), ...]``, empty when intact."""

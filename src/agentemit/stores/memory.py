@@ -20,6 +20,7 @@ from agentemit.stores._rows import (
     assemble_summaries,
     build_rows,
     check_page,
+    next_sequence_id,
     register_fork_aware,
     row_problem,
 )
@@ -128,7 +129,7 @@ class InMemoryStore(SpanStore):
 
     def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         seqs = [r.sequence_id for r in self._rows_of(rollout_id) if r.attempt_id == attempt_id]
-        return max(seqs) + 1 if seqs else 0
+        return next_sequence_id(max(seqs, default=None))
 
     def verify(self) -> list[Problem]:
         """Rows whose checksum does not match their data (or whose data does not match their key)."""

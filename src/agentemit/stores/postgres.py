@@ -27,6 +27,7 @@ from agentemit.stores._rows import (
     assemble_summaries,
     build_rows,
     check_page,
+    next_sequence_id,
     register_fork_aware,
     row_problem,
 )
@@ -326,12 +327,12 @@ class PostgresStore(SpanStore):
     def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         if _holds_nul(rollout_id, attempt_id):
             return 0
-        query = sql.SQL(
-            "SELECT COALESCE(MAX(sequence_id) + 1, 0) FROM {schema}.spans WHERE rollout_id = %s AND attempt_id = %s"
-        ).format(schema=self._ident)
+        query = sql.SQL("SELECT MAX(sequence_id) FROM {schema}.spans WHERE rollout_id = %s AND attempt_id = %s").format(
+            schema=self._ident
+        )
         with self._ready_pool().connection() as conn:
             row = conn.execute(query, (rollout_id, attempt_id)).fetchone()
-        return int(row[0]) if row else 0
+        return next_sequence_id(row[0] if row else None)
 
     def verify(self, *, chunk_size: int = 1000) -> list[Problem]:
         """Rows whose checksum does not match their data (or whose data does not match their key).

@@ -29,6 +29,7 @@ from agentemit.stores._rows import (
     assemble_summaries,
     check_page,
     iter_rows,
+    next_sequence_id,
     register_fork_aware,
     row_problem,
 )
@@ -323,12 +324,12 @@ class SqliteStore(SpanStore):
             row = (
                 self._connection()
                 .execute(
-                    "SELECT COALESCE(MAX(sequence_id) + 1, 0) FROM spans WHERE rollout_id = ? AND attempt_id = ?",
+                    "SELECT MAX(sequence_id) FROM spans WHERE rollout_id = ? AND attempt_id = ?",
                     (rollout_id, attempt_id),
                 )
                 .fetchone()
             )
-        return int(row[0])
+        return next_sequence_id(row[0])
 
     def verify(self, *, chunk_size: int = 1000) -> list[Problem]:
         """Rows whose checksum does not match their data (or whose data does not match their key).
