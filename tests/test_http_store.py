@@ -99,6 +99,13 @@ def test_a_round_trip_through_the_server_is_lossless(store: HttpStore) -> None:
     assert store.get_next_span_sequence_id("ro/ünï?&#%", "other") == 0
 
 
+def test_rollout_ids_with_dot_segments_or_line_breaks_read_back(store: HttpStore) -> None:
+    for rollout in [".", "..", "a/../b", "./x", "line\nbreak", "\n", "tab\tcr\r"]:
+        assert store.add_span(make_span(0, rollout=rollout))
+        assert [s.rollout_id for s in store.query_spans(rollout)] == [rollout], rollout
+        assert store.get_next_span_sequence_id(rollout, "a1") == 1, rollout
+
+
 INVALID: list[tuple[str, dict[str, Any]]] = [
     ("rollout_id", {"rollout_id": ""}),
     ("rollout_id", {"rollout_id": 7}),

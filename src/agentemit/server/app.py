@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,6 +44,16 @@ from agentemit.stores._rows import INT64_MAX
 from agentemit.stores.base import SpanStore
 
 _log = logging.getLogger("agentemit.server")
+
+
+class _AnyText(PathConvertor):
+    """A path parameter of any characters: Starlette's ``path`` (``.*``) stops at a newline, so a
+    rollout id holding one could be stored but never read back."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("anytext", _AnyText())
 T = TypeVar("T")
 
 API_VERSION = "1"
@@ -414,7 +425,9 @@ def create_app(
         summaries = await _store_call(store, "GET /v1/rollouts", store.alist_rollouts(limit=limit, offset=offset))
         return _json([s.to_dict() for s in summaries])
 
-    @app.get("/v1/rollouts/{rollout_id:path}/spans", dependencies=guarded, response_model=SpansPage, responses=_ERRORS)
+    @app.get(
+        "/v1/rollouts/{rollout_id:anytext}/spans", dependencies=guarded, response_model=SpansPage, responses=_ERRORS
+    )
     async def get_spans(
         rollout_id: str,
         attempt_id: str | None = Query(None, description='omitted: every attempt; "latest"; or an attempt id'),
@@ -428,7 +441,7 @@ def create_app(
         return _json({"spans": [s.to_dict() for s in spans]})
 
     @app.get(
-        "/v1/rollouts/{rollout_id:path}/next_sequence_id",
+        "/v1/rollouts/{rollout_id:anytext}/next_sequence_id",
         dependencies=guarded,
         response_model=NextSequenceId,
         responses=_ERRORS,

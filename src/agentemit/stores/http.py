@@ -202,7 +202,8 @@ class HttpStore(SpanStore):
 
     @staticmethod
     def _rollout_path(rollout_id: str, tail: str) -> str:
-        return f"/v1/rollouts/{quote(rollout_id, safe='')}/{tail}"
+        # Every "." escaped too: httpx removes "." and ".." path segments, so those ids would name another URL.
+        return f"/v1/rollouts/{quote(rollout_id, safe='').replace('.', '%2E')}/{tail}"
 
     # --- SpanStore ------------------------------------------------------------------------------
 
