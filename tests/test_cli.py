@@ -24,6 +24,7 @@ from agentemit import semconv
 from agentemit.cli import render
 from agentemit.cli.inspect_cmd import CliError
 from agentemit.cli.main import main
+from agentemit.server import runner
 from agentemit.server.app import create_app
 from agentemit.server.runner import ServerThread
 from agentemit.span import Span
@@ -307,6 +308,18 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path, monkeypa
     monkeypatch.delenv("AGENTEMIT_TOKEN", raising=False)
     code, _, err = run(["serve", "--store", str(tmp_path / "s.db"), "--host", "0.0.0.0"])
     assert code == 2 and "refusing to listen on '0.0.0.0' without a token" in err
+
+
+def test_serve_rate_limits_by_default_and_passes_its_limit_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(runner, "serve", lambda store, **options: calls.append({"store": store, **options}))
+    assert run(["serve", "--store", "memory"])[0] == 0
+    flags = ["--rate-limit", "2.5", "--rate-burst", "3", "--max-body-bytes", "4096"]
+    assert run(["serve", "--store", "memory", *flags])[0] == 0
+    assert run(["serve", "--store", "memory", "--rate-limit", "0"])[0] == 0
+    limits = [(c["rate_limit_per_s"], c["rate_burst"], c["max_body_bytes"]) for c in calls]
+    assert limits == [(1000.0, 2000, 32 << 20), (2.5, 3, 4096), (None, 2000, 32 << 20)]
+    assert run(["serve", "--store", "memory", "--rate-limit", "-1"])[0] == 2
 
 
 def test_bad_arguments_exit_2_with_a_usage_message() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 
 from agentemit import __version__
 from agentemit.cli.inspect_cmd import CliError
+from agentemit.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT
 
 DEBUG_ENV = "AGENTEMIT_DEBUG"
 TOKEN_ENV = "AGENTEMIT_TOKEN"
@@ -34,6 +36,17 @@ def _count(minimum: int) -> Any:
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def _rate(text: str) -> float | None:
+    """Requests per second (> 0), or 0 for no limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0 (0 turns the limit off)")
+    return value or None
 
 
 def _add_store_args(parser: argparse.ArgumentParser, *, db_help: str) -> None:
@@ -71,6 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_count(0), default=4747, help="port (default 4747)")
     serve.add_argument("--token", help=f"bearer token clients must send (default ${TOKEN_ENV})")
+    serve.add_argument(
+        "--rate-limit",
+        type=_rate,
+        default=DEFAULT_RATE_LIMIT,
+        metavar="N",
+        help=f"requests/s per client address; beyond it 429 with Retry-After (default {DEFAULT_RATE_LIMIT:g}; 0: off)",
+    )
+    serve.add_argument(
+        "--rate-burst",
+        type=_count(1),
+        default=DEFAULT_RATE_BURST,
+        metavar="N",
+        help=f"requests a client may make at once before the rate applies (default {DEFAULT_RATE_BURST})",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=_count(1),
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="N",
+        help=f"request body limit, compressed and decompressed, answered 413 (default {DEFAULT_MAX_BODY_BYTES})",
+    )
 
     stats = sub.add_parser("stats", help="print a server's counters, or this process's pipeline counters")
     stats.add_argument("--url", help="an agentemit server, e.g. http://127.0.0.1:4747")
@@ -120,7 +154,15 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from agentemit.server.runner import serve
 
-    serve(args.store, host=args.host, port=args.port, token=args.token)
+    serve(
+        args.store,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        max_body_bytes=args.max_body_bytes,
+        rate_limit_per_s=args.rate_limit,
+        rate_burst=args.rate_burst,
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 
+from agentemit.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT
 from agentemit.server.app import create_app
 from agentemit.stores import open_store
 
@@ -57,9 +58,9 @@ def serve(
     port: int = 4747,
     token: str | None = None,
     log_level: str = "info",
-    max_body_bytes: int = 32 << 20,
-    rate_limit_per_s: float | None = None,
-    rate_burst: int = 100,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    rate_limit_per_s: float | None = DEFAULT_RATE_LIMIT,
+    rate_burst: int = DEFAULT_RATE_BURST,
 ) -> None:
     """Open the store at ``store_url`` and serve it until interrupted; the store is closed on exit.
 
@@ -68,7 +69,8 @@ def serve(
         host, port: where to listen.
         token: bearer token clients must send; defaults to the ``AGENTEMIT_TOKEN`` environment variable.
         log_level: uvicorn's log level.
-        max_body_bytes, rate_limit_per_s, rate_burst: as for :func:`~agentemit.server.app.create_app`.
+        max_body_bytes, rate_limit_per_s, rate_burst: as for :func:`~agentemit.server.app.create_app`;
+            a serving process rate-limits by default (None turns it off).
 
     Raises:
         ValueError: ``host`` is not a loopback address and no token was given, or the store URL is invalid.
