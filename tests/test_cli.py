@@ -298,6 +298,16 @@ def test_stats_with_url_reads_a_real_server_and_sends_the_token() -> None:
         assert (code, out) == (2, "") and "answered 401" in err
 
 
+def test_inspect_verify_and_demo_send_the_agentemit_token_to_an_http_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTEMIT_TOKEN", "s3cret")
+    with ServerThread(create_app(InMemoryStore(), token="s3cret")) as server:
+        assert run(["demo", "--store", server.url, "--rollouts", "1", "--threads", "1"])[0] == 0
+        code, listing, err = run(["inspect", "--store", server.url, "--json"])
+        assert code == 0 and json.loads(listing)["total"] >= 1, err
+        code, _, err = run(["verify", "--store", server.url])
+        assert "401" not in err
+
+
 def test_stats_of_an_unreachable_server_exits_2_with_one_line() -> None:
     code, _, err = run(["stats", "--url", "http://127.0.0.1:9"])
     assert code == 2 and err.startswith("agentemit stats: error: cannot reach http://127.0.0.1:9/v1/stats")

@@ -18,9 +18,9 @@ from typing import Any, TextIO
 from agentemit import __version__
 from agentemit.cli.inspect_cmd import CliError
 from agentemit.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT
+from agentemit.stores import TOKEN_ENV
 
 DEBUG_ENV = "AGENTEMIT_DEBUG"
-TOKEN_ENV = "AGENTEMIT_TOKEN"
 DEFAULT_LIST_LIMIT = 50
 
 

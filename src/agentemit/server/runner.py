@@ -18,9 +18,8 @@ import uvicorn
 
 from agentemit.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT
 from agentemit.server.app import create_app
-from agentemit.stores import open_store
+from agentemit.stores import TOKEN_ENV, open_store
 
-TOKEN_ENV = "AGENTEMIT_TOKEN"
 SERVER_GC_THRESHOLD = 10_000  # allocations between young collections (CPython's default is 700)
 
 

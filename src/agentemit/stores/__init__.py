@@ -25,6 +25,8 @@ __all__ = [
     "open_store",
 ]
 
+TOKEN_ENV = "AGENTEMIT_TOKEN"  # the bearer token for an agentemit server: sent by open_store, required by serve
+
 ACCEPTED_FORMS = (
     "memory (or memory://)",
     "sqlite:///relative/path.db or sqlite:////absolute/path.db",
@@ -58,7 +60,7 @@ def _postgres(url: str) -> PostgresStore:
 def _http(url: str) -> SpanStore:
     # Imported lazily: the HTTP client pulls in httpx, which local stores never need.
     module = importlib.import_module("agentemit.stores.http")
-    store = module.HttpStore(url)
+    store = module.HttpStore(url, token=os.environ.get(TOKEN_ENV) or None)
     if not isinstance(store, SpanStore):
         raise TypeError(f"open_store: agentemit.stores.http.HttpStore is not a SpanStore ({type(store).__name__})")
     return store
@@ -69,7 +71,8 @@ def open_store(url: str | os.PathLike[str]) -> SpanStore:
 
     ``memory`` → :class:`InMemoryStore`; ``sqlite:///path.db`` or a bare ``*.db`` path →
     :class:`SqliteStore`; ``postgresql://`` / ``postgres://`` → :class:`PostgresStore`;
-    ``http://`` / ``https://`` → ``agentemit.stores.http.HttpStore``.
+    ``http://`` / ``https://`` → ``agentemit.stores.http.HttpStore``, sending the bearer token in
+    ``AGENTEMIT_TOKEN`` when set (as ``agentemit serve`` reads it).
 
     Raises:
         ValueError: when the URL matches none of the accepted forms (the message lists them).
