@@ -413,6 +413,17 @@ def test_healthz_and_the_openapi_document_list_every_route(url: str) -> None:
     assert "application/x-protobuf" in paths["/v1/traces"]["post"]["requestBody"]["content"]
 
 
+def test_the_openapi_document_describes_otlp_errors_as_google_rpc_status_and_lists_415(url: str) -> None:
+    document = httpx.get(f"{url}/openapi.json").json()
+    otlp, spans = document["paths"]["/v1/traces"]["post"], document["paths"]["/v1/spans"]["post"]
+    assert {"400", "401", "413", "415", "429", "500"} <= set(otlp["responses"]) & set(spans["responses"])
+    status_ref = otlp["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
+    schema = document["components"]["schemas"][status_ref.rsplit("/", 1)[-1]]
+    assert set(schema["properties"]) == {"code", "message"}
+    error_ref = spans["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
+    assert set(document["components"]["schemas"][error_ref.rsplit("/", 1)[-1]]["properties"]) == {"error"}
+
+
 # --- /v1/traces (OTLP/HTTP) -------------------------------------------------------------------------------
 
 

@@ -94,16 +94,30 @@ class ErrorBody(BaseModel):
     error: str = Field(description="what was wrong, naming the field or limit")
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in (
-        (400, "invalid request; the message names the field"),
-        (401, "missing or wrong bearer token"),
-        (413, "body (or decompressed body) over the size limit"),
-        (429, "over the per-client rate; see Retry-After"),
-        (500, "the store failed"),
-    )
+class StatusBody(BaseModel):
+    """google.rpc.Status, as OTLP/HTTP specifies for a refused request (protobuf or JSON, as sent)."""
+
+    code: int = Field(description="the gRPC status code")
+    message: str = Field(description="what was wrong, naming the field or limit")
+
+
+_ERROR_TEXTS = {
+    400: "invalid request; the message names the field",
+    401: "missing or wrong bearer token",
+    413: "body (or decompressed body) over the size limit",
+    415: "unsupported Content-Type or Content-Encoding",
+    429: "over the per-client rate; see Retry-After",
+    500: "the store failed, or an internal error",
 }
+
+
+def _error_responses(model: type[BaseModel], statuses: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": model, "description": _ERROR_TEXTS[status]} for status in statuses}
+
+
+_ERRORS = _error_responses(ErrorBody, (400, 401, 413, 429, 500))
+_WRITE_ERRORS = _error_responses(ErrorBody, (400, 401, 413, 415, 429, 500))
+_OTLP_ERRORS = _error_responses(StatusBody, (400, 401, 413, 415, 429, 500))
 _BATCH_BODY = {
     "requestBody": {
         "required": True,
@@ -390,7 +404,11 @@ def create_app(
     # --- writes ---------------------------------------------------------------------------------------
 
     @app.post(
-        "/v1/spans", dependencies=guarded, response_model=SpansAccepted, responses=_ERRORS, openapi_extra=_BATCH_BODY
+        "/v1/spans",
+        dependencies=guarded,
+        response_model=SpansAccepted,
+        responses=_WRITE_ERRORS,
+        openapi_extra=_BATCH_BODY,
     )
     async def post_spans(request: Request) -> Response:
         """Store one agentemit batch whole, or nothing of it."""
@@ -399,7 +417,7 @@ def create_app(
         stats.stored(received, new)
         return _json({"received": received, "stored": new})
 
-    @app.post(_OTLP_PATH, dependencies=guarded, responses=_ERRORS, openapi_extra=_OTLP_BODY)
+    @app.post(_OTLP_PATH, dependencies=guarded, responses=_OTLP_ERRORS, openapi_extra=_OTLP_BODY)
     async def post_traces(request: Request) -> Response:
         """OTLP/HTTP traces (protobuf or JSON); spans without a rollout id are reported in partial_success."""
         kind = otlp_ingest.media_type(request.headers.get("content-type"))
