@@ -260,6 +260,18 @@ def test_a_segment_of_pure_garbage_and_a_garbled_cursor_do_not_raise(tmp_path: P
     assert not (tmp_path / f"seg-{99:020d}.wal").exists()  # nothing recoverable in it: deleted
 
 
+def test_recovery_deletes_only_the_spools_own_leftover_temp_files(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        spool.append([b"keep"])
+    own = [tmp_path / "cursor.json.tmp", tmp_path / f"seg-{0:020d}.wal.tmp"]  # cut-short writes
+    foreign = [tmp_path / "backup.tmp", tmp_path / "seg-1.wal.tmp", tmp_path / "notes.json.tmp"]
+    for path in own + foreign:
+        path.write_bytes(b"x")
+    with Spool(tmp_path) as spool:
+        assert drain(spool) == [b"keep"]
+    assert [p.exists() for p in own + foreign] == [False, False, True, True, True]
+
+
 def test_damage_found_on_replay_drops_that_record_and_returns_the_rest(tmp_path: Path) -> None:
     with Spool(tmp_path) as spool:
         spool.append(payloads("p", 3, size=40))

@@ -18,6 +18,9 @@ On disk, a directory holds:
   sequences acknowledged out of order above it. Written to a temp file, fsynced and ``os.replace``\\ d.
 * ``spool.lock``: an ``flock`` so two spools never write one directory.
 
+A compaction or cursor write cut short leaves ``seg-<sequence>.wal.tmp`` or ``cursor.json.tmp``, deleted
+at the next open; any other file in the directory is not the spool's and is left alone.
+
 Why sequence numbers rather than file offsets as positions: eviction compacts segments (rewrites
 them without the evicted and already acknowledged records), which moves offsets. A sequence number
 travels with its record, so an entry handed out before a compaction can still be acknowledged after.
@@ -68,6 +71,8 @@ HEADER_SIZE = _HEADER.size
 _MAX_PAYLOAD = 0xFFFFFFFF
 _SEGMENT_RE = re.compile(r"seg-(\d{20})\.wal")
 _CURSOR_FILE = "cursor.json"
+# The temp files a compaction or cursor write leaves if cut short; nothing else in the directory is ours.
+_TMP_RE = re.compile(r"(?:seg-\d{20}\.wal|cursor\.json)\.tmp")
 _LOCK_FILE = "spool.lock"
 _CURSOR_FORMAT = "agentemit.spool.cursor"
 _WARN_INTERVAL = 60.0  # seconds between two warnings of the same kind
@@ -477,8 +482,9 @@ class Spool:
         return fd
 
     def _recover(self) -> None:
-        for tmp in self.directory.glob("*.tmp"):  # a compaction or cursor write cut short
-            tmp.unlink(missing_ok=True)
+        for tmp in self.directory.iterdir():
+            if _TMP_RE.fullmatch(tmp.name):  # a compaction or cursor write cut short
+                tmp.unlink(missing_ok=True)
         self._cursor, self._acked_ahead = self._read_cursor()
         highest = max(self._acked_ahead, default=self._cursor - 1)
         corrupt = 0
