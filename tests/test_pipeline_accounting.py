@@ -22,6 +22,7 @@ from _pipeline_child import FakeClock, RecordingSink, rollout
 from agentemit import OtelTracer, emit_exception, emit_message, emit_object, emit_reward, semconv
 from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.pipeline import Pipeline
+from agentemit.pipeline.spool import HEADER_SIZE
 from agentemit.pipeline.stats import DropReason, RateLimitedLogger, _AtomicCounter, unaccounted
 from agentemit.span import Span
 from agentemit.stores.sqlite import SqliteStore
@@ -41,6 +42,8 @@ def test_every_loss_reason_of_the_spec_has_a_drop_reason() -> None:
         "no_tracer",
         "shutdown",
         "shed",
+        "spool_full",
+        "corrupt",
     }
     assert spec <= {r.value for r in DropReason}
     assert all(isinstance(r.value, str) and r == r.value for r in DropReason)
@@ -67,8 +70,10 @@ def test_a_snapshot_carries_every_counter_and_the_derived_figures(tmp_path: Path
         "export_latency_ms",
         "sink_healthy",
         "shedding",
+        "spool",
     ):
         assert key in snap, key
+    assert snap["spool"] == {"corrupt_records": 0, "evicted_records": 0, "bytes_on_disk": 0}
     assert unaccounted(snap) == 0
 
 
@@ -151,6 +156,31 @@ def test_every_refusal_on_the_hot_path_is_counted_once(tmp_path: Path, pipelines
     snap = p.stats_snapshot()
     assert snap["dropped"] == {"sampled_out": 1, "rate_limited": 1, "dropped_queue_full": 3, "shutdown": 1}
     assert snap["emitted"] == 14 and snap["exported"] == 8
+    assert unaccounted(snap) == 0
+
+
+def test_a_spool_record_damaged_on_disk_is_counted_corrupt_with_its_events(
+    tmp_path: Path, pipelines: list[Pipeline]
+) -> None:
+    sink = RecordingSink(script=["fail"] * 100)
+    p = Pipeline(sink, PipelineConfig(spool_dir=tmp_path, adaptive_sampling=False, redact=False), start=False)
+    pipelines.append(p)
+    for r in range(3):
+        with rollout(p, f"r{r}"):
+            for i in range(10):
+                emit_message(f"{r}-{i}")
+        p.run_once()  # the sink is down: one spool record of 10 events per round
+    assert p.stats_snapshot()["in_spool"] == 30
+    (segment,) = p.spool().directory.glob("seg-*.wal")
+    data = bytearray(segment.read_bytes())
+    data[HEADER_SIZE + 20] ^= 0xFF  # inside the first record's payload
+    segment.write_bytes(bytes(data))
+    sink.script.clear()  # the sink is back
+    report = p.force_flush(5.0, drain_spool=True)
+    assert report.completed and report.in_spool == 0 and report.dropped == {"corrupt": 10}
+    snap = p.stats_snapshot()
+    assert snap["exported"] == len(sink.spans) == 20
+    assert snap["spool"]["corrupt_records"] == 1 and snap["spool"]["bytes_on_disk"] > 0
     assert unaccounted(snap) == 0
 
 

@@ -34,7 +34,7 @@ import pytest
 from _spool_crash_child import batch_payload
 from agentemit.codec import decode_batch
 from agentemit.compression import Compression
-from agentemit.pipeline.spool import HEADER_SIZE, AppendResult, Spool, SpoolEntry, SpoolLockedError
+from agentemit.pipeline.spool import HEADER_SIZE, AppendResult, Spool, SpoolLockedError, SpoolLoss
 
 CHILD = Path(__file__).with_name("_spool_crash_child.py")
 
@@ -284,6 +284,28 @@ def test_damage_found_on_replay_drops_that_record_and_returns_the_rest(tmp_path:
         assert spool.pending_records() == 2
 
 
+def test_a_damaged_record_is_reported_lost_with_its_count_found_on_replay_or_at_open(tmp_path: Path) -> None:
+    # Its own bytes are untrustworthy, so the count comes from the append; at open it is unknown (0).
+    lost: list[SpoolLoss] = []
+    record = HEADER_SIZE + 40
+
+    def damage(index: int) -> None:
+        (seg,) = segment_files(tmp_path)
+        data = bytearray(seg.read_bytes())
+        data[index * record + HEADER_SIZE + 3] ^= 0xFF
+        seg.write_bytes(bytes(data))
+
+    with Spool(tmp_path, on_loss=lost.append) as spool:
+        spool.append(payloads("p", 3, size=40), counts=[10, 20, 30])
+        damage(1)  # after the spool indexed it
+        assert [e.payload for e in spool.replay()] == [b"p-0".ljust(40, b"."), b"p-2".ljust(40, b".")]
+        assert lost == [SpoolLoss("damaged", 20, 1)]
+    damage(2)
+    with Spool(tmp_path, on_loss=lost.append) as spool:
+        assert lost[1:] == [SpoolLoss("damaged", 0, None)]  # skipped while recovering
+        assert [e.payload for e in spool.replay()] == [b"p-0".ljust(40, b".")]
+
+
 def test_sigkill_mid_run_keeps_every_reported_batch_in_order_with_no_garbage(tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     proc = subprocess.Popen(
@@ -322,20 +344,20 @@ RECORD = HEADER_SIZE + SIZE
 
 
 def test_at_the_cap_lowest_priority_goes_first_and_oldest_first_within_it(tmp_path: Path) -> None:
-    evicted: list[SpoolEntry] = []
-    with Spool(tmp_path, max_bytes=10 * RECORD, on_evict=evicted.append) as spool:
-        for name, priority in [("p3a", 3), ("p1a", 1), ("p3b", 3), ("p2a", 2), ("p1b", 1)]:
-            spool.append([name.encode().ljust(SIZE)], priority=priority)
-        for name, priority in [("p3c", 3), ("p2b", 2), ("p1c", 1), ("p3d", 3), ("p1d", 1)]:
-            spool.append([name.encode().ljust(SIZE)], priority=priority)
+    lost: list[SpoolLoss] = []
+    names = ["p3a", "p1a", "p3b", "p2a", "p1b", "p3c", "p2b", "p1c", "p3d", "p1d"]  # by sequence number
+    with Spool(tmp_path, max_bytes=10 * RECORD, on_loss=lost.append) as spool:
+        for i, name in enumerate(names):
+            spool.append([name.encode().ljust(SIZE)], priority=int(name[1]), counts=[i + 1])
         assert spool.stats.bytes_on_disk == 10 * RECORD
 
         assert spool.append(payloads("r", 1, SIZE), priority=0) == AppendResult(stored=1, evicted=1)
-        assert [e.payload.strip() for e in evicted] == [b"p3a"]
+        assert lost == [SpoolLoss("evicted", 1, 0)]  # p3a, with the count it was appended with
         assert spool.append(payloads("r", 5, SIZE), priority=0) == AppendResult(stored=5, evicted=5)
         assert spool.append(payloads("s", 1, SIZE), priority=0) == AppendResult(stored=1, evicted=1)
 
-        assert [e.payload.strip() for e in evicted] == [b"p3a", b"p3b", b"p3c", b"p3d", b"p2a", b"p2b", b"p1a"]
+        assert [names[loss.position or 0] for loss in lost] == ["p3a", "p3b", "p3c", "p3d", "p2a", "p2b", "p1a"]
+        assert {loss.reason for loss in lost} == {"evicted"}
         assert spool.stats.evicted_records == {0: 0, 1: 1, 2: 2, 3: 4}
         assert spool.stats.bytes_on_disk <= 10 * RECORD
         left = [b"p1b", b"p1c", b"p1d", b"r-0", b"r-0", b"r-1", b"r-2", b"r-3", b"r-4", b"s-0"]

@@ -684,6 +684,7 @@ class Pipeline:
             queue_bytes=self.lanes.estimated_bytes(),
             in_spool=in_spool,
             recovered=recovered,
+            spool=self._spooler.snapshot(),
             sink_healthy=self._delivery.healthy,
             stage_errors=self.stats.stage_errors,
             shedding=bool(self._shedder and self._shedder.shedding),

@@ -28,10 +28,14 @@ travels with its record, so an entry handed out before a compaction can still be
 Recovery scans every segment once at open, checking each CRC; a torn tail or a damaged record is
 skipped and counted, and scanning resumes at the next offset where a whole valid record starts.
 An in-memory index makes replay, eviction and the pending counters cheap afterwards: per segment,
-parallel arrays of sequence numbers, offsets, sizes, priorities and a live flag, about 26 bytes a
-record (one object per record took about 250, which a spool of a million small records would turn
-into a quarter of a gigabyte outside any memory budget). Appends after a restart go to a new segment,
-never after a torn tail.
+parallel arrays of sequence numbers, offsets, sizes, priorities, item counts and a live flag, about
+30 bytes a record (one object per record took about 250, which a spool of a million small records
+would turn into a quarter of a gigabyte outside any memory budget). Appends after a restart go to a
+new segment, never after a torn tail.
+
+Every record dropped undelivered is reported to ``on_loss`` (:class:`SpoolLoss`) with the item count
+its appender gave: evicted at the cap, or damaged (found on replay or while recovering). The count
+lives only in memory, since a damaged record's own bytes cannot be trusted to say what it held.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ _MAGIC = b"AEW1"
 _HEADER = struct.Struct("<4sB3xQII")  # magic, flags, pad, sequence, payload length, crc32
 HEADER_SIZE = _HEADER.size
 _MAX_PAYLOAD = 0xFFFFFFFF
+_MAX_COUNT = 0xFFFFFFFF  # counts are indexed as u32
 _SEGMENT_RE = re.compile(r"seg-(\d{20})\.wal")
 _CURSOR_FILE = "cursor.json"
 # The temp files a compaction or cursor write leaves if cut short; nothing else in the directory is ours.
@@ -115,6 +120,20 @@ class AppendResult:
         return self.refused == 0
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolLoss:
+    """A record dropped undelivered, as reported to ``on_loss``: ``"evicted"`` at the cap, or ``"damaged"``.
+
+    ``count`` is what :meth:`Spool.append` was told the record holds; 0 when it was not told, e.g. for
+    records found at open, whose counts only the process that wrote them knew. ``position`` is None for
+    a damaged region found while recovering: its sequence number cannot be trusted.
+    """
+
+    reason: Literal["evicted", "damaged"]
+    count: int
+    position: int | None = None
+
+
 @dataclass(slots=True)
 class SpoolStats:
     """Counters of one :class:`Spool` instance (a snapshot; ``bytes_on_disk`` counts segment files)."""
@@ -129,6 +148,9 @@ class SpoolStats:
     io_errors: int = 0
 
 
+_Pending: TypeAlias = tuple[int, int, int, int, int]  # written, not indexed: seq, offset, size, priority, items
+
+
 class _Record(NamedTuple):
     """A view of one indexed record, made on demand; valid until its segment is next rewritten."""
 
@@ -138,10 +160,15 @@ class _Record(NamedTuple):
     offset: int
     size: int  # header + stored payload
     priority: int
+    items: int  # how many the appender said it holds; 0 if unknown
 
 
 def _u64s() -> array[int]:
     return array("Q")
+
+
+def _u32s() -> array[int]:
+    return array("I")
 
 
 @dataclass(eq=False, slots=True)
@@ -161,19 +188,29 @@ class _Segment:
     offsets: array[int] = field(default_factory=_u64s)
     sizes: array[int] = field(default_factory=_u64s)
     priorities: bytearray = field(default_factory=bytearray)
+    counts: array[int] = field(default_factory=_u32s)
     alive: bytearray = field(default_factory=bytearray)  # 1 while pending
 
-    def append(self, seq: int, offset: int, size: int, priority: int) -> None:
+    def append(self, seq: int, offset: int, size: int, priority: int, count: int) -> None:
         self.seqs.append(seq)
         self.offsets.append(offset)
         self.sizes.append(size)
         self.priorities.append(priority)
+        self.counts.append(count)
         self.alive.append(1)
         self.live_count += 1
         self.live_bytes += size
 
     def record(self, index: int) -> _Record:
-        return _Record(self.seqs[index], self, index, self.offsets[index], self.sizes[index], self.priorities[index])
+        return _Record(
+            self.seqs[index],
+            self,
+            index,
+            self.offsets[index],
+            self.sizes[index],
+            self.priorities[index],
+            self.counts[index],
+        )
 
     def live(self, priority: int | None = None) -> Iterator[_Record]:
         """Pending records in order, all or of one priority (found by a C-speed search of the flags)."""
@@ -238,6 +275,18 @@ def _scan(data: bytes) -> tuple[list[tuple[int, int, int, int]], int]:
     return found, corrupt
 
 
+def _check_counts(counts: Sequence[int] | None, n: int) -> Sequence[int]:
+    """``counts`` checked against ``n`` payloads, or n zeros (unknown)."""
+    if counts is None:
+        return [0] * n
+    if len(counts) != n:
+        raise ValueError(f"spool.append: {len(counts)} counts for {n} payloads")
+    for i, count in enumerate(counts):
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= _MAX_COUNT:
+            raise ValueError(f"spool.append: count {i} is {count!r}; expected an int in 0..{_MAX_COUNT}")
+    return counts
+
+
 def _first_seq(seg: _Segment) -> int:
     return seg.first
 
@@ -277,8 +326,9 @@ class Spool:
         compression: how payloads are stored; each record says how it was stored, so a spool reopened
             with another setting still reads old records.
         clock: seconds, for rate-limiting warnings.
-        on_evict: called (outside the lock) with each evicted record, so the caller can account for
-            what was lost, e.g. count the spans in it.
+        on_loss: called (outside the lock, and during construction for damage found while
+            recovering) with each record dropped undelivered, so the caller can count what was lost.
+            Also settable later as the ``on_loss`` attribute.
 
     Raises:
         ValueError: a bad argument, named.
@@ -298,7 +348,7 @@ class Spool:
         durability: Durability = "batch",
         compression: Compression = "none",
         clock: Callable[[], float] = time.monotonic,
-        on_evict: Callable[[SpoolEntry], None] | None = None,
+        on_loss: Callable[[SpoolLoss], None] | None = None,
     ) -> None:
         for name, value in (("max_bytes", max_bytes), ("segment_bytes", segment_bytes)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -311,7 +361,7 @@ class Spool:
         self.durability: Durability = durability
         self.compression = check_compression(compression)
         self._clock = clock
-        self._on_evict = on_evict
+        self.on_loss = on_loss
         self._sync = durability != "none"
         self._lock = threading.Lock()
         self._live_count = 0  # unacknowledged records, indexed by their segments
@@ -328,20 +378,25 @@ class Spool:
         self._closed = False
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock_directory()
-        self._recover()
+        self._report([SpoolLoss("damaged", 0)] * self._recover())
 
     # --- public API ------------------------------------------------------------------------------
 
-    def append(self, payloads: Sequence[bytes], priority: int = 1) -> AppendResult:
+    def append(
+        self, payloads: Sequence[bytes], priority: int = 1, *, counts: Sequence[int] | None = None
+    ) -> AppendResult:
         """Store ``payloads`` in order, all with ``priority`` (0..3, 0 highest).
 
+        ``counts[i]``, if given, is how many items (e.g. events) ``payloads[i]`` holds, in the caller's
+        unit: kept in memory and reported with the record if it is lost (:class:`SpoolLoss`).
         Returns what was stored; payloads past ``stored`` were refused (cap reached or I/O error). A
         payload that alone would not fit in ``max_bytes`` is refused without evicting anything
         (``AppendResult.too_large``).
-        Raises ``ValueError``/``TypeError`` only for a bad priority or a payload that is not bytes.
+        Raises ``ValueError``/``TypeError`` only for a bad priority or count, or a payload that is not bytes.
         """
         if not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITIES:
             raise ValueError(f"spool.append: priority {priority!r} is not in 0..{len(PRIORITIES) - 1}")
+        counts = _check_counts(counts, len(payloads))
         stored: list[bytes] = []
         too_large = False
         for i, payload in enumerate(payloads):
@@ -356,8 +411,8 @@ class Spool:
         flags = COMPRESSIONS.index(self.compression) | priority << 2
         with self._lock:
             self._check_open()
-            fit, evicted, lost, error = self._make_room([HEADER_SIZE + len(s) for s in stored], priority)
-            written, write_error = self._write(stored[:fit], flags, priority)
+            fit, lost, error = self._make_room([HEADER_SIZE + len(s) for s in stored], priority)
+            written, write_error = self._write(stored[:fit], counts, flags, priority)
             refused = len(payloads) - written
             self._stats.appended += written
             self._stats.refused += refused
@@ -366,10 +421,8 @@ class Spool:
                 self._warn(
                     "refused", "spool %s: refused %d record(s) at priority %d", self.directory, refused, priority
                 )
-        if self._on_evict is not None:  # outside the lock, so the callback may use the spool
-            for entry in lost:
-                self._on_evict(entry)
-        return AppendResult(written, refused, evicted, error or write_error, too_large)
+        self._report(lost)
+        return AppendResult(written, refused, len(lost), error or write_error, too_large)
 
     def replay(self, limit: int | None = None, *, max_bytes: int | None = None) -> list[SpoolEntry]:
         """The oldest unacknowledged records, in append order, up to ``limit`` records and ``max_bytes``.
@@ -384,14 +437,13 @@ class Spool:
         with self._lock:
             self._check_open()
             out, damaged = self._read_many(self._iter_live(), limit, max_bytes)
-            for rec in damaged:
-                self._drop(rec.segment, rec.slot)
-                self._stats.corrupt_records += 1
+            lost = [self._drop_lost(rec, "damaged") for rec in damaged]
             if damaged:
                 self._warn("corrupt", "spool %s: dropped %d damaged record(s) on replay", self.directory, len(damaged))
                 self._advance_cursor()
             self._stats.replayed += len(out)
             self._handed_out.update(entry.position for entry in out)
+        self._report(lost)
         return out
 
     def ack(self, entries: Iterable[SpoolEntry]) -> int:
@@ -425,13 +477,17 @@ class Spool:
         """On-disk bytes (headers included) of unacknowledged records."""
         return sum(self._live_bytes)
 
+    def disk_bytes(self) -> int:
+        """Bytes of the segment files, dead records included (no lock: a sum over a copy of a short list)."""
+        return sum(seg.size for seg in list(self._segments))
+
     @property
     def stats(self) -> SpoolStats:
         with self._lock:
             return replace(
                 self._stats,
                 evicted_records=dict(self._stats.evicted_records),
-                bytes_on_disk=self._disk_bytes(),
+                bytes_on_disk=self.disk_bytes(),
             )
 
     def close(self) -> None:
@@ -481,7 +537,8 @@ class Spool:
             raise SpoolLockedError(f"spool {self.directory}: already open elsewhere ({path} is locked)") from exc
         return fd
 
-    def _recover(self) -> None:
+    def _recover(self) -> int:
+        """Index the pending records on disk; returns the damaged regions skipped."""
         for tmp in self.directory.iterdir():
             if _TMP_RE.fullmatch(tmp.name):  # a compaction or cursor write cut short
                 tmp.unlink(missing_ok=True)
@@ -508,13 +565,14 @@ class Spool:
                         corrupt += 1
                     continue
                 seen = seq
-                self._add(seg, seq, off, size, flags >> 2 & 3)
+                self._add(seg, seq, off, size, flags >> 2 & 3, 0)  # its count died with its writer
         self._next_seq = highest + 1
         self._stats.corrupt_records += corrupt
         if corrupt:
             self._warn("corrupt", "spool %s: skipped %d damaged region(s) while recovering", self.directory, corrupt)
         self._advance_cursor()
         self._delete_dead_segments()
+        return corrupt
 
     def _read_cursor(self) -> tuple[int, set[int]]:
         path = self.directory / _CURSOR_FILE
@@ -532,8 +590,8 @@ class Spool:
 
     # --- bookkeeping -----------------------------------------------------------------------------
 
-    def _add(self, seg: _Segment, seq: int, offset: int, size: int, priority: int) -> None:
-        seg.append(seq, offset, size, priority)
+    def _add(self, seg: _Segment, seq: int, offset: int, size: int, priority: int, count: int) -> None:
+        seg.append(seq, offset, size, priority, count)
         self._live_count += 1
         self._live_bytes[priority] += size
 
@@ -545,6 +603,21 @@ class Spool:
         self._live_count -= 1
         self._live_bytes[seg.priorities[slot]] -= size
         self._handed_out.discard(seg.seqs[slot])
+
+    def _drop_lost(self, rec: _Record, reason: Literal["evicted", "damaged"]) -> SpoolLoss:
+        """Drop a record that will never be delivered; counted, and returned for :meth:`_report`."""
+        self._drop(rec.segment, rec.slot)
+        if reason == "evicted":
+            self._stats.evicted_records[rec.priority] += 1
+        else:
+            self._stats.corrupt_records += 1
+        return SpoolLoss(reason, rec.items, rec.seq)
+
+    def _report(self, lost: Iterable[SpoolLoss]) -> None:
+        """Tell ``on_loss`` what was dropped; called outside the lock, so the callback may use the spool."""
+        if self.on_loss is not None:
+            for loss in lost:
+                self.on_loss(loss)
 
     def _iter_live(self, priority: int | None = None) -> Iterator[_Record]:
         """Pending records, oldest first (segments are in sequence order, and so are their records)."""
@@ -567,9 +640,6 @@ class Spool:
         if self._acked_ahead:
             self._acked_ahead = {s for s in self._acked_ahead if s >= self._cursor}
 
-    def _disk_bytes(self) -> int:
-        return sum(seg.size for seg in self._segments)
-
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"spool {self.directory}: used after close()")
@@ -587,13 +657,13 @@ class Spool:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def _write(self, stored: list[bytes], flags: int, priority: int) -> tuple[int, str | None]:
+    def _write(self, stored: list[bytes], counts: Sequence[int], flags: int, priority: int) -> tuple[int, str | None]:
         """Append records, rotating segments; returns how many are durable (per ``durability``)."""
         buf: list[bytes] = []
-        batch: list[tuple[int, int, int, int]] = []  # (seq, offset, size, priority), indexed once written
+        batch: list[_Pending] = []  # indexed once written
         buffered = written = 0
         try:
-            for data in stored:
+            for data, count in zip(stored, counts, strict=False):
                 size = HEADER_SIZE + len(data)
                 seg = self._active
                 if seg is None or (seg.size + buffered > 0 and seg.size + buffered + size > self.segment_bytes):
@@ -601,7 +671,7 @@ class Spool:
                     buffered = 0
                     seg = self._rotate()
                 buf.append(_encode_record(self._next_seq, flags, data))
-                batch.append((self._next_seq, seg.size + buffered, size, priority))
+                batch.append((self._next_seq, seg.size + buffered, size, priority, count))
                 self._next_seq += 1
                 buffered += size
                 if self.durability == "always":
@@ -614,7 +684,7 @@ class Spool:
             return written, f"spool {self.directory}: append failed: {exc}"
         return written, None
 
-    def _flush(self, buf: list[bytes], batch: list[tuple[int, int, int, int]], sync: bool) -> int:
+    def _flush(self, buf: list[bytes], batch: list[_Pending], sync: bool) -> int:
         seg = self._active
         if not buf or seg is None or self._fd is None:
             return 0
@@ -623,8 +693,8 @@ class Spool:
         if sync:
             os.fsync(self._fd)
         seg.size += len(data)
-        for seq, offset, size, priority in batch:
-            self._add(seg, seq, offset, size, priority)
+        for seq, offset, size, priority, count in batch:
+            self._add(seg, seq, offset, size, priority, count)
         count = len(batch)
         buf.clear()
         batch.clear()
@@ -684,13 +754,13 @@ class Spool:
 
     # --- the cap ---------------------------------------------------------------------------------
 
-    def _make_room(self, sizes: list[int], priority: int) -> tuple[int, int, list[SpoolEntry], str | None]:
+    def _make_room(self, sizes: list[int], priority: int) -> tuple[int, list[SpoolLoss], str | None]:
         """How many of ``sizes`` fit, after evicting what must go.
 
-        Returns ``(fit, evicted, entries for on_evict, error)``; evicted records are read (only when
-        there is an ``on_evict``) before compaction removes them.
+        Returns ``(fit, the evicted records, error)``. Victims are never read: their counts are in the
+        index, so eviction costs no reads and holds no payloads.
         """
-        free = self.max_bytes - self._disk_bytes()
+        free = self.max_bytes - self.disk_bytes()
         live = sum(self._live_bytes)
         protected = 0  # handed out by replay and about to be acked: evicting them would count a loss
         for seq in self._handed_out:
@@ -705,7 +775,7 @@ class Spool:
             total += size
             fit += 1
         if fit == 0 or total <= free:
-            return fit, 0, [], None
+            return fit, [], None
         victims: list[_Record] = []
         shortfall = total - (self.max_bytes - live)  # what reclaiming acked space alone cannot give
         for p in reversed(PRIORITIES[priority:]):
@@ -717,10 +787,7 @@ class Spool:
                     shortfall -= rec.size
                     if shortfall <= 0:
                         break
-        lost = self._read_many(victims)[0] if self._on_evict is not None and victims else []
-        for rec in victims:
-            self._drop(rec.segment, rec.slot)
-            self._stats.evicted_records[rec.priority] += 1
+        lost = [self._drop_lost(rec, "evicted") for rec in victims]
         if victims:
             self._warn("evict", "spool %s: at its cap of %d bytes, evicting records", self.directory, self.max_bytes)
             self._advance_cursor()
@@ -729,8 +796,8 @@ class Spool:
                 self._rewrite(seg)
             except OSError as exc:
                 self._io_error("compaction", exc)
-                return 0, len(victims), lost, f"spool {self.directory}: compaction failed: {exc}"
-        return fit, len(victims), lost, None
+                return 0, lost, f"spool {self.directory}: compaction failed: {exc}"
+        return fit, lost, None
 
     def _rewrite(self, seg: _Segment) -> None:
         """Rewrite ``seg`` with only its pending records (or delete it if none); offsets move."""
@@ -754,10 +821,10 @@ class Spool:
         if self._sync:
             _fsync_dir(self.directory)
         seg.seqs, seg.offsets, seg.sizes = _u64s(), _u64s(), _u64s()
-        seg.priorities, seg.alive = bytearray(), bytearray()
+        seg.priorities, seg.alive, seg.counts = bytearray(), bytearray(), _u32s()
         seg.live_count = seg.live_bytes = offset = 0
         for r in keep:
-            seg.append(r.seq, offset, r.size, r.priority)
+            seg.append(r.seq, offset, r.size, r.priority, r.items)
             offset += r.size
         seg.size = offset
         if was_active:

@@ -4,7 +4,12 @@ Raw records (queue overflow, shutdown leftovers) and built spans (a failed expor
 records of at most ``record_bytes`` each, so that replaying one stays inside the replay budget. A record
 the spool can never hold is split until the offending event stands alone; that one is dropped and
 counted ``oversize``, the rest are stored. ``in_spool`` counts this pipeline's events on disk;
-``recovered`` the events of other processes' spools that this one delivered (or evicted).
+``recovered`` the events of other processes' spools that this one delivered or lost.
+
+A record lost on disk (evicted at the cap, counted ``spool_full``; or damaged, counted ``corrupt``)
+is counted with the event count this writer gave the spool when it appended it: the record's own
+bytes are gone or untrustworthy. A record some other process wrote (an orphaned spool's) has no known
+count: it is counted as one event, the least it held, and joins ``recovered``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from agentemit.codec import encode_span
 from agentemit.pipeline import spill_format
 from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.replay import RecordProgress, spool_record_bytes
-from agentemit.pipeline.spool import Spool, SpoolEntry, SpoolLockedError
+from agentemit.pipeline.spool import Spool, SpoolLockedError, SpoolLoss
 from agentemit.pipeline.stats import DropReason, PipelineStats
 from agentemit.semconv import SPAN_EXCEPTION, SPAN_REWARD
 from agentemit.span import Span
@@ -42,7 +47,8 @@ class SpoolWriter:
         name: the pipeline's name: its spools live under ``<spool_dir>/<name>/``.
         resource: stamped on raw records when they are built at replay.
         count_lock: the pipeline's lock over its event counts (``in_spool`` and ``recovered`` too).
-        spool: an open spool to use instead of this process's own directory.
+        spool: an open spool to use instead of this process's own directory; unless it already has an
+            ``on_loss``, this writer counts its losses (not those found before, while it was opened).
     """
 
     def __init__(
@@ -63,8 +69,11 @@ class SpoolWriter:
         self.in_spool = 0
         self.recovered = 0
         self.orphans_left = False  # the last recovery pass left records of a dead process undelivered
+        self.lost_records = {"evicted": 0, "damaged": 0}  # spool records, this one's and orphans'
         self._count_lock = count_lock
         self._spool = spool
+        if spool is not None and spool.on_loss is None:
+            spool.on_loss = self._on_lost
         self._open_lock = threading.Lock()
         self._record_bytes = spool_record_bytes(config)  # small enough to decode within the replay budget
 
@@ -89,7 +98,7 @@ class SpoolWriter:
                         max_bytes=self.config.spool_max_bytes,
                         durability=self.config.durability,
                         compression=self.config.compression,
-                        on_evict=self._on_evicted,
+                        on_loss=self._on_lost,
                     )
                 spool = self._spool
         return spool
@@ -152,7 +161,9 @@ class SpoolWriter:
         """
         total = sum(len(items) for items, _ in parts)
         try:
-            result = self.spool().append([payload for _, payload in parts], priority=priority)
+            result = self.spool().append(
+                [payload for _, payload in parts], priority=priority, counts=[len(items) for items, _ in parts]
+            )
         except Exception as exc:
             self.stats.drop(DropReason.SPOOL_FULL, total)
             logger.error("agentemit: spool write failed (%s); %d event(s) lost", exc, total)
@@ -188,15 +199,27 @@ class SpoolWriter:
 
     # --- accounting -----------------------------------------------------------------------------
 
-    def _on_evicted(self, entry: SpoolEntry) -> None:
-        header = spill_format.read_header(entry.payload)
-        count = header.count if header else 0
-        if header is not None and header.owner != self.owner:
-            with self._count_lock:
-                self.recovered += count
-        self.stats.drop(DropReason.SPOOL_FULL, count)
+    def _on_lost(self, loss: SpoolLoss) -> None:
+        """A spool record dropped undelivered: count its events (see the module docstring)."""
+        count = loss.count or 1
         with self._count_lock:
-            self.in_spool -= count
+            if loss.count:  # ours: only this writer gives the spool counts
+                self.in_spool -= count
+            else:
+                self.recovered += count
+            self.lost_records[loss.reason] += 1
+        self.stats.drop(DropReason.SPOOL_FULL if loss.reason == "evicted" else DropReason.CORRUPT, count)
+
+    def snapshot(self) -> dict[str, int]:
+        """The spool's share of the pipeline's stats: records lost on disk, and the bytes it holds."""
+        spool = self._spool
+        with self._count_lock:
+            lost = dict(self.lost_records)
+        return {
+            "corrupt_records": lost["damaged"],
+            "evicted_records": lost["evicted"],
+            "bytes_on_disk": 0 if spool is None else spool.disk_bytes(),
+        }
 
     def settle(self, header: spill_format.SpillHeader, progress: RecordProgress) -> None:
         """A replayed record is done with: commit its counts; its events leave ``in_spool`` (ours) or
@@ -232,7 +255,12 @@ class SpoolWriter:
         left = False
         for directory in sorted(p for p in root.iterdir() if p.is_dir() and p != own):
             try:
-                orphan = Spool(directory, max_bytes=self.config.spool_max_bytes, durability=self.config.durability)
+                orphan = Spool(
+                    directory,
+                    max_bytes=self.config.spool_max_bytes,
+                    durability=self.config.durability,
+                    on_loss=self._on_lost,  # damage found while it opens is counted too
+                )
             except SpoolLockedError:
                 continue  # a live process owns it
             except Exception as exc:

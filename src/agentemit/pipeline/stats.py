@@ -16,6 +16,9 @@ never logs (logging is I/O and takes locks): the worker logs those drops for it 
 of ``memory_threshold`` (refused at emit), than the spool can store, or than a sink accepts alone
 (e.g. the store server's 413). Each is dropped alone; the rest of its batch goes on. Values the
 redaction stage cuts to its size limits are not drops: the span is delivered, marked truncated.
+
+``corrupt`` counts the events of spool records damaged on disk, with the count the pipeline gave when
+it spooled them; a damaged record of another process's spool counts as one (``pipeline/spooling.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class DropReason(str, enum.Enum):
     SHED = "shed"  # adaptive sampling under CPU pressure
     INVALID = "invalid"  # refused by a sink as malformed, or failed to build
     SPOOL_FULL = "spool_full"  # spool at its cap evicted or refused
+    CORRUPT = "corrupt"  # a spool record damaged on disk (a record of another process's: one event)
 
 
 class _AtomicCounter:
