@@ -351,19 +351,44 @@ def test_at_the_cap_lowest_priority_goes_first_and_oldest_first_within_it(tmp_pa
             spool.append([name.encode().ljust(SIZE)], priority=int(name[1]), counts=[i + 1])
         assert spool.stats.bytes_on_disk == 10 * RECORD
 
-        assert spool.append(payloads("r", 1, SIZE), priority=0) == AppendResult(stored=1, evicted=1)
-        assert lost == [SpoolLoss("evicted", 1, 0)]  # p3a, with the count it was appended with
-        assert spool.append(payloads("r", 5, SIZE), priority=0) == AppendResult(stored=5, evicted=5)
-        assert spool.append(payloads("s", 1, SIZE), priority=0) == AppendResult(stored=1, evicted=1)
+        # One record is needed; a tenth of the cap (one more) is freed with it, of the same priority.
+        assert spool.append(payloads("r", 1, SIZE), priority=0) == AppendResult(stored=1, evicted=2)
+        assert lost[0] == SpoolLoss("evicted", 1, 0)  # p3a, with the count it was appended with
+        # Five needed: the rest of priority 3, then priority 2 (all of it: no slack beyond it).
+        assert spool.append(payloads("r", 5, SIZE), priority=0) == AppendResult(stored=5, evicted=4)
+        assert spool.append(payloads("s", 1, SIZE), priority=0) == AppendResult(stored=1, evicted=2)
 
-        assert [names[loss.position or 0] for loss in lost] == ["p3a", "p3b", "p3c", "p3d", "p2a", "p2b", "p1a"]
+        evicted = ["p3a", "p3b", "p3c", "p3d", "p2a", "p2b", "p1a", "p1b"]
+        assert [names[loss.position or 0] for loss in lost] == evicted
         assert {loss.reason for loss in lost} == {"evicted"}
-        assert spool.stats.evicted_records == {0: 0, 1: 1, 2: 2, 3: 4}
+        assert spool.stats.evicted_records == {0: 0, 1: 2, 2: 2, 3: 4}
         assert spool.stats.bytes_on_disk <= 10 * RECORD
-        left = [b"p1b", b"p1c", b"p1d", b"r-0", b"r-0", b"r-1", b"r-2", b"r-3", b"r-4", b"s-0"]
+        left = [b"p1c", b"p1d", b"r-0", b"r-0", b"r-1", b"r-2", b"r-3", b"r-4", b"s-0"]
         assert [e.payload.rstrip(b". ") for e in spool.replay()] == left
     with Spool(tmp_path, max_bytes=10 * RECORD) as spool:  # eviction is on disk, not only in memory
         assert [e.payload.rstrip(b". ") for e in spool.replay()] == left
+
+
+def test_eviction_frees_a_tenth_of_the_cap_more_so_the_next_appends_rewrite_nothing(tmp_path: Path) -> None:
+    # Compaction rewrites the segments eviction touched: freeing only what each append needed made
+    # every append at the cap rewrite a segment (80x write amplification).
+    with Spool(tmp_path, max_bytes=100 * RECORD) as spool:
+        spool.append(payloads("old", 100, SIZE), priority=1)
+        assert spool.append(payloads("new", 1, SIZE), priority=1) == AppendResult(stored=1, evicted=11)
+        (segment,) = segment_files(tmp_path)
+        compacted = segment.stat().st_ino
+        for i in range(10):
+            assert spool.append(payloads(f"more{i}", 1, SIZE), priority=1) == AppendResult(stored=1)
+        assert segment.stat().st_ino == compacted  # appended in place, never rewritten
+        assert spool.stats.bytes_on_disk == 100 * RECORD
+
+
+def test_the_slack_never_reaches_a_priority_the_append_did_not_need(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=10 * RECORD) as spool:
+        spool.append(payloads("low", 1, SIZE), priority=3)
+        spool.append(payloads("mid", 9, SIZE), priority=1)
+        assert spool.append(payloads("top", 1, SIZE), priority=0) == AppendResult(stored=1, evicted=1)
+        assert spool.stats.evicted_records == {0: 0, 1: 0, 2: 0, 3: 1}
 
 
 def test_append_is_refused_only_when_nothing_of_lower_or_equal_priority_remains(tmp_path: Path) -> None:

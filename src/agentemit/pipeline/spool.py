@@ -81,6 +81,7 @@ _TMP_RE = re.compile(r"(?:seg-\d{20}\.wal|cursor\.json)\.tmp")
 _LOCK_FILE = "spool.lock"
 _CURSOR_FORMAT = "agentemit.spool.cursor"
 _WARN_INTERVAL = 60.0  # seconds between two warnings of the same kind
+_EVICT_SLACK = 10  # eviction frees a tenth of the cap beyond what an append needs (see Spool._victims)
 # The spill thread must keep up with a producer flat out: zstd's fastest standard level. Levels 1 and
 # 3 measured within noise of each other on spilled rows (BENCHMARKS.md, spool section).
 _ZSTD_LEVEL = 1
@@ -319,7 +320,9 @@ class Spool:
             newer record wins over an older one, a higher-priority one is never evicted for it. If that
             is not enough the rest of the append is refused (see :class:`AppendResult`). Eviction
             rewrites the affected segments in place (temp file + fsync + rename): simple and always
-            consistent on disk, and it only happens at the cap.
+            consistent on disk, and it only happens at the cap. It frees a tenth of the cap more than
+            the append needs (within the lowest priority it had to reach), so those rewrites are
+            amortized over many appends.
         segment_bytes: a segment is closed once the next record would take it past this size.
         durability: ``"none"`` (never fsync; survives a process crash, not a power cut), ``"batch"``
             (one fsync per :meth:`append` call) or ``"always"`` (one fsync per record).
@@ -776,17 +779,7 @@ class Spool:
             fit += 1
         if fit == 0 or total <= free:
             return fit, [], None
-        victims: list[_Record] = []
-        shortfall = total - (self.max_bytes - live)  # what reclaiming acked space alone cannot give
-        for p in reversed(PRIORITIES[priority:]):
-            if shortfall <= 0:
-                break
-            for rec in self._iter_live(p):
-                if rec.seq not in self._handed_out:
-                    victims.append(rec)
-                    shortfall -= rec.size
-                    if shortfall <= 0:
-                        break
+        victims = self._victims(total - (self.max_bytes - live), priority)
         lost = [self._drop_lost(rec, "evicted") for rec in victims]
         if victims:
             self._warn("evict", "spool %s: at its cap of %d bytes, evicting records", self.directory, self.max_bytes)
@@ -798,6 +791,28 @@ class Spool:
                 self._io_error("compaction", exc)
                 return 0, lost, f"spool {self.directory}: compaction failed: {exc}"
         return fit, lost, None
+
+    def _victims(self, shortfall: int, priority: int) -> list[_Record]:
+        """Records to evict for ``shortfall`` bytes (what reclaiming acknowledged space cannot give).
+
+        Lowest priority first, oldest first within one, never above ``priority`` nor handed out. Once
+        the shortfall is met, eviction goes on within the priority it reached (never into a higher one)
+        until 1/``_EVICT_SLACK`` of the cap is free beyond it: each eviction compacts the segments it
+        touched, and freeing only what one append needs made every append at the cap rewrite up to a
+        segment (80x write amplification measured); with the slack the rewrites are amortized.
+        """
+        victims: list[_Record] = []
+        target, freed = shortfall + self.max_bytes // _EVICT_SLACK, 0
+        for p in reversed(PRIORITIES[priority:]):
+            if freed >= shortfall:
+                break
+            for rec in self._iter_live(p):
+                if freed >= target:
+                    break
+                if rec.seq not in self._handed_out:
+                    victims.append(rec)
+                    freed += rec.size
+        return victims
 
     def _rewrite(self, seg: _Segment) -> None:
         """Rewrite ``seg`` with only its pending records (or delete it if none); offsets move."""
