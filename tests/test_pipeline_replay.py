@@ -8,12 +8,14 @@ worker pass on the caller's thread), so nothing waits on a thread or a clock.
 from __future__ import annotations
 
 import tracemalloc
+import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from _pipeline_child import RecordingSink, rollout
-from agentemit import emit_message
+from agentemit import emit_event, emit_message, emit_reward, register_event_type, semconv
 from agentemit.emit.readers import get_message_value
 from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.pipeline import Pipeline
@@ -165,3 +167,52 @@ def test_draining_a_large_spool_holds_a_bounded_number_of_bytes(tmp_path: Path, 
     # The budget is ~205 KiB of payloads, and decoding one record peaks at ~14x its JSON (orjson).
     # Holding rounds of 16 records of up to 2,000 rows (~1 MB each) would peak above 15 MiB.
     assert peak < 3 << 20, f"draining peaked at {peak / 2**20:.1f} MiB of Python allocations"
+
+
+def test_at_the_spool_cap_the_messages_of_failed_batches_go_and_their_rewards_stay(
+    tmp_path: Path, pipelines: list[Pipeline]
+) -> None:
+    """Each failed batch mixes a reward and a high-priority custom event with messages: spooled apart,
+    only messages go at the cap. Spooled whole at the reward's priority, the oldest rewards went."""
+    verdict = f"t{uuid.uuid4().hex[:10]}.verdict"  # the event registry is process-wide
+    register_event_type(verdict, {"type": "object", "properties": {"ok": {"type": "boolean"}}}, priority="high")
+    sink = RecordingSink(script=["fail"] * 1_000)
+    p = make(pipelines, sink, tmp_path, spool_max_bytes=60_000, compression="none", batch_size=25)
+    for r in range(20):
+        with rollout(p, f"r{r}"):
+            for i in range(23):
+                emit_message(f"{r}-{i} {FILLER}")
+            emit_reward(float(r))
+            emit_event(verdict, {"ok": True})
+        p.run_once()  # the export fails (spooled); so does this pass's replay round
+    sink.script.clear()
+    assert p.force_flush(5.0, drain_spool=True).completed
+    names = Counter(s.name for s in sink.spans)
+    assert names[semconv.SPAN_REWARD] == names[semconv.SPAN_EVENT_PREFIX + verdict] == 20
+    messages = names[semconv.SPAN_MESSAGE]
+    assert 0 < messages < 460
+    snap = p.stats_snapshot()
+    assert snap["dropped"] == {"spool_full": 460 - messages}
+    assert p.spool().stats.evicted_records[0] == 0
+    assert unaccounted(snap) == 0
+
+
+def test_a_failed_replay_round_hands_its_records_back_so_the_cap_evicts_the_oldest(
+    tmp_path: Path, pipelines: list[Pipeline]
+) -> None:
+    """Records a replay round handed out are protected from eviction while it delivers them; left
+    protected after the sink failed, the cap refused every newer record instead of the oldest."""
+    sink = RecordingSink(script=["fail"] * 1_000)
+    p = make(pipelines, sink, tmp_path, spool_max_bytes=60_000, compression="none", batch_size=25)
+    for r in range(8):  # about twice what the cap holds
+        with rollout(p, f"r{r}"):
+            for i in range(25):
+                emit_message(f"{r}-{i} {FILLER}")
+        p.run_once()  # the export fails (spooled); so does this pass's replay round
+    sink.script.clear()
+    assert p.force_flush(5.0, drain_spool=True).completed
+    bodies = sink.bodies()
+    assert {f"7-{i} {FILLER}" for i in range(25)} <= set(bodies)  # the newest round survived
+    assert f"0-0 {FILLER}" not in bodies  # the oldest was evicted for it
+    snap = p.stats_snapshot()
+    assert snap["dropped"] == {"spool_full": 200 - len(bodies)} and unaccounted(snap) == 0

@@ -433,6 +433,16 @@ def test_entries_handed_out_by_replay_are_never_evicted_before_they_are_acked(tm
         assert [e.payload.rstrip(b".") for e in spool.replay()] == [b"new-0"]
 
 
+def test_entries_released_after_a_failed_delivery_can_be_evicted_again(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=4 * RECORD) as spool:
+        spool.append(payloads("old", 4, SIZE), priority=1)
+        in_flight = spool.replay()
+        assert spool.append(payloads("new", 1, SIZE), priority=1) == AppendResult(stored=0, refused=1)
+        spool.release(in_flight)  # the sink failed: nothing is being delivered any more
+        assert spool.append(payloads("new", 1, SIZE), priority=1) == AppendResult(stored=1, evicted=2)
+        assert [e.payload.rstrip(b".") for e in spool.replay()] == [b"old-2", b"old-3", b"new-0"]
+
+
 def test_entries_handed_out_survive_a_compaction_and_can_still_be_acked(tmp_path: Path) -> None:
     with Spool(tmp_path, max_bytes=4 * RECORD) as spool:
         spool.append(payloads("low", 2, SIZE), priority=3)

@@ -51,7 +51,7 @@ from agentemit.pipeline.replay import (
 from agentemit.pipeline.sampling import AdaptiveShedder, CpuMonitor, HeadSampler, TokenBucket
 from agentemit.pipeline.sink import Sink
 from agentemit.pipeline.spool import Spool
-from agentemit.pipeline.spooling import SpoolWriter
+from agentemit.pipeline.spooling import SpoolWriter, by_priority
 from agentemit.pipeline.stats import DropReason, PipelineStats, _AtomicCounter, flush_loss_log
 from agentemit.span import Span, decode_attributes
 from agentemit.tracing.context import RawRecord
@@ -481,12 +481,8 @@ class Pipeline:
                 self._taken += len(chunk)
                 self._inflight += len(chunk)
             try:
-                for priority, part in (
-                    (0, [r for r in chunk if _is_high(r[0])]),
-                    (1, [r for r in chunk if not _is_high(r[0])]),
-                ):
-                    if part:
-                        self._spill_part(part, priority)
+                for priority, part in by_priority(chunk, _record_is_high):
+                    self._spill_part(part, priority)
             finally:
                 with self._count_lock:
                     self._inflight -= len(chunk)
@@ -651,15 +647,15 @@ class Pipeline:
             logger.warning("agentemit: sink %s did not shut down in time; left behind", type(self.sink).__name__)
 
     def _spool_leftovers(self, leftovers: list[RawRecord]) -> None:
-        """Out of time at shutdown: keep what is still queued on disk rather than lose it."""
-        if not leftovers:
-            return
+        """Out of time at shutdown: keep what is still queued on disk rather than lose it (by priority,
+        so queued messages never evict spooled rewards at the cap)."""
         with self._count_lock:
             self._taken += len(leftovers)
-        try:
-            self._spooler.spool_raw(leftovers, 0)
-        except Exception:
-            self.stats.drop(DropReason.SHUTDOWN, len(leftovers))
+        for priority, part in by_priority(leftovers, _record_is_high):
+            try:
+                self._spooler.spool_raw(part, priority)
+            except Exception:
+                self.stats.drop(DropReason.SHUTDOWN, len(part))
 
     def stats_snapshot(self) -> dict[str, Any]:
         """Counters plus derived figures; ``emitted`` is exact when the pipeline is quiet."""
@@ -703,6 +699,10 @@ class Pipeline:
 def _is_high(kind: str) -> bool:
     """Whether a raw record kind rides the high-priority lane (built-in or registered custom kind)."""
     return kind in _HIGH or kind in _HIGH_EVENTS
+
+
+def _record_is_high(record: RawRecord) -> bool:
+    return _is_high(record[0])
 
 
 _live_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()

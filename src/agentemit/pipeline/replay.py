@@ -4,7 +4,8 @@ A spilled spool can hold gigabytes; draining it must not hold more than a small,
 ``memory_threshold`` at once. Two bounds do that:
 
 * each round asks :meth:`Spool.replay` for at most ``max_bytes`` of payloads (at least one record),
-  and acknowledges the round's delivered records in one call (one cursor fsync per round);
+  and acknowledges the round's delivered records in one call (one cursor fsync per round); a round
+  the sink fails releases the rest (:meth:`Spool.release`), so the spool's cap may evict them again;
 * each record is decoded and delivered :func:`export_batch` events at a time, releasing what was delivered
   (:func:`spill_format.decode_batches`), so only one batch of built spans is alive at once.
 
@@ -103,6 +104,10 @@ class RecordProgress:
         self.taken += taken
         self.drops.update(tally.counts)
 
+    def of(self, spool: Spool, entry: SpoolEntry) -> bool:
+        """Whether this is the progress of ``entry`` of ``spool``."""
+        return (self.directory, self.position) == (spool.directory, entry.position)
+
 
 Build = Callable[[Sequence["RawRecord | Span"], DropCounter], list[Span]]
 Deliver = Callable[[list[Span], DropCounter], "int | None"]
@@ -158,15 +163,27 @@ class Replayer:
             return None
         delivered = 0
         done: list[SpoolEntry] = []
-        for entry in entries:
-            count = self._replay_record(spool, entry)
-            if count is None:
-                break
-            delivered += count
-            done.append(entry)
-        if done:
-            spool.ack(done)
+        try:
+            for entry in entries:
+                count = self._replay_record(spool, entry)
+                if count is None:
+                    break
+                delivered += count
+                done.append(entry)
+        finally:
+            if done:
+                spool.ack(done)
+            self._release(spool, entries[len(done) :])
         return delivered, len(done) < len(entries)
+
+    def _release(self, spool: Spool, undelivered: list[SpoolEntry]) -> None:
+        """Make a failed round's undelivered records evictable again, except one a failure interrupted
+        after delivering part of it: evicting that one would count delivered events as lost."""
+        interrupted = self._interrupted
+        if undelivered and interrupted is not None and interrupted.done and interrupted.of(spool, undelivered[0]):
+            undelivered = undelivered[1:]
+        if undelivered:
+            spool.release(undelivered)
 
     def _replay_record(self, spool: Spool, entry: SpoolEntry) -> int | None:
         """Deliver one record batch by batch; the spans delivered, or None when the sink failed."""
@@ -197,9 +214,6 @@ class Replayer:
         """The interrupted progress of this very record, else a fresh start (a stale one is dropped:
         its record will be replayed whole, its uncommitted counts with it)."""
         interrupted = self._interrupted
-        if interrupted is not None and (interrupted.directory, interrupted.position) == (
-            spool.directory,
-            entry.position,
-        ):
+        if interrupted is not None and interrupted.of(spool, entry):
             return interrupted
         return RecordProgress(spool.directory, entry.position)

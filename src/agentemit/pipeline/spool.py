@@ -472,6 +472,13 @@ class Spool:
                 self._delete_dead_segments()
             return count
 
+    def release(self, entries: Iterable[SpoolEntry]) -> None:
+        """Hand back entries a replay will not deliver now (the sink failed): they stay pending, and
+        may be evicted again. Handed-out records are protected from eviction only while a delivery
+        is under way; kept protected after a failure, they made the cap refuse newer records."""
+        with self._lock:
+            self._handed_out.difference_update(entry.position for entry in entries)
+
     def pending_records(self) -> int:
         """Unacknowledged records (no lock: a read of one int)."""
         return self._live_count

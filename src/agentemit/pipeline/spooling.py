@@ -1,7 +1,8 @@
 """A pipeline's side of its disk spool: writing events to it, and the spool's share of the accounting.
 
 Raw records (queue overflow, shutdown leftovers) and built spans (a failed export) are written as spool
-records of at most ``record_bytes`` each, so that replaying one stays inside the replay budget. A record
+records of at most ``record_bytes`` each, so that replaying one stays inside the replay budget, and
+of one priority each (:func:`by_priority`): at the cap, the bulk is evicted before rewards. A record
 the spool can never hold is split until the offending event stands alone; that one is dropped and
 counted ``oversize``, the rest are stored. ``in_spool`` counts this pipeline's events on disk;
 ``recovered`` the events of other processes' spools that this one delivered or lost.
@@ -18,17 +19,18 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agentemit.codec import encode_span
+from agentemit.emit.events import HIGH_PRIORITY_EVENT_KINDS, KIND_PREFIX
 from agentemit.pipeline import spill_format
 from agentemit.pipeline.config import PipelineConfig
 from agentemit.pipeline.replay import RecordProgress, spool_record_bytes
 from agentemit.pipeline.spool import Spool, SpoolLockedError, SpoolLoss
 from agentemit.pipeline.stats import DropReason, PipelineStats
-from agentemit.semconv import SPAN_EXCEPTION, SPAN_REWARD
+from agentemit.semconv import SPAN_EVENT_PREFIX, SPAN_EXCEPTION, SPAN_REWARD
 from agentemit.span import Span
 from agentemit.tracing.context import RawRecord
 
@@ -36,6 +38,7 @@ logger = logging.getLogger("agentemit")
 
 _Item = TypeVar("_Item", RawRecord, Span)  # what a spool record holds: raw records or built spans
 _HIGH_NAMES = frozenset({SPAN_REWARD, SPAN_EXCEPTION})
+HIGH, BULK = 0, 1  # the spool priorities of the high lane's events (rewards, exceptions) and the rest
 
 
 class SpoolWriter:
@@ -125,16 +128,17 @@ class SpoolWriter:
         self._store(parts, self._encode_raw, priority)
 
     def spool_built(self, spans: list[Span]) -> None:
-        """Spool a batch a sink failed to take (high priority if it holds a reward or exception)."""
-        high = any(s.name in _HIGH_NAMES for s in spans)
-        try:
-            parts = self._built_parts(spans)
-        except Exception:  # one unencodable span must not cost the batch: keep the rest, count it
-            spans = [s for s in spans if self._encodable(s)]
-            if not spans:
-                return
-            parts = self._built_parts(spans)
-        self._store(parts, self._encode_built, 0 if high else 1)
+        """Spool a batch a sink failed to take, its high-lane spans apart from the rest: at the cap
+        the bulk must go first, and one record holds one priority."""
+        for priority, part in by_priority(spans, _span_is_high):
+            try:
+                parts = self._built_parts(part)
+            except Exception:  # one unencodable span must not cost the batch: keep the rest, count it
+                part = [s for s in part if self._encodable(s)]
+                if not part:
+                    continue
+                parts = self._built_parts(part)
+            self._store(parts, self._encode_built, priority)
 
     def _encode_built(self, spans: Sequence[Span]) -> bytes:
         return spill_format.encode_built(spans, self.owner)
@@ -277,6 +281,27 @@ class SpoolWriter:
                 left = True
         self.orphans_left = left
         return delivered
+
+
+_T = TypeVar("_T")
+
+
+def by_priority(items: Iterable[_T], is_high: Callable[[_T], bool]) -> list[tuple[int, list[_T]]]:
+    """``items`` as ``(spool priority, part)``: the high ones (``HIGH``) first, then the rest (``BULK``),
+    each in order; empty parts left out."""
+    high: list[_T] = []
+    bulk: list[_T] = []
+    for item in items:
+        (high if is_high(item) else bulk).append(item)
+    return [(priority, part) for priority, part in ((HIGH, high), (BULK, bulk)) if part]
+
+
+def _span_is_high(span: Span) -> bool:
+    """A built span of a high-lane kind: a reward, an exception, or a custom event registered "high"."""
+    name = span.name
+    if name.startswith(SPAN_EVENT_PREFIX):
+        return KIND_PREFIX + name.removeprefix(SPAN_EVENT_PREFIX) in HIGH_PRIORITY_EVENT_KINDS
+    return name in _HIGH_NAMES
 
 
 def describe_event(item: RawRecord | Span) -> str:
