@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import orjson
 
-from agentemit.span import INT64_MAX, INT64_MIN, Span, decode_plain
+from agentemit.span import INT64_MAX, INT64_MIN, Span, decode_plain, is_utf8
 
 BATCH_FORMAT = "agentemit.batch"
 BATCH_VERSION = 1
@@ -153,7 +153,7 @@ def _span_problem(span: Span) -> str | None:
             return f"{name}: {problem}"
     for name in ("trace_id", "span_id", "parent_id", "name", "rollout_id", "attempt_id", "status_description"):
         value = getattr(span, name)
-        if isinstance(value, str) and not _is_utf8(value):
+        if isinstance(value, str) and not is_utf8(value):
             return f"{name}: {_surrogate(value)}"
     problem = _attributes_problem(span.attributes, "attributes", empty_keys=True)
     if problem is None:
@@ -162,7 +162,7 @@ def _span_problem(span: Span) -> str | None:
         return problem
     for i, event in enumerate(span.events):
         where = f"events[{i}]"
-        if isinstance(event.name, str) and not _is_utf8(event.name):
+        if isinstance(event.name, str) and not is_utf8(event.name):
             return f"{where}.name: {_surrogate(event.name)}"
         problem = _int_problem(event.timestamp)
         if problem is not None:
@@ -177,7 +177,7 @@ def _attributes_problem(attrs: Mapping[Any, Any], where: str, *, empty_keys: boo
     for key, value in attrs.items():
         if not isinstance(key, str):
             return f"{where}: key {key!r} is {type(key).__name__}; expected a str"
-        if not _is_utf8(key):
+        if not is_utf8(key):
             return f"{where}: key {key!r}: {_surrogate(key)}"
         if not key and not empty_keys:
             return f"{where}['']: an empty key is not allowed here"
@@ -195,7 +195,7 @@ def _attributes_problem(attrs: Mapping[Any, Any], where: str, *, empty_keys: boo
 
 def _scalar_problem(value: object) -> str | None:
     if isinstance(value, str):
-        return None if _is_utf8(value) else _surrogate(value)
+        return None if is_utf8(value) else _surrogate(value)
     if isinstance(value, (bool, float)):
         return None
     if isinstance(value, int):
@@ -209,16 +209,6 @@ def _int_problem(value: object) -> str | None:
     if not INT64_MIN <= value <= INT64_MAX:
         return f"{value} is outside the signed 64-bit range"
     return None
-
-
-def _is_utf8(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _surrogate(text: str) -> str:

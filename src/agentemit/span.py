@@ -250,6 +250,18 @@ class _ConvertedSpan(ReadableSpan):
         self.added_identity_keys = added_identity_keys
 
 
+def is_utf8(text: str) -> bool:
+    """True when ``text`` (an exact str) holds no lone surrogate: it is valid UTF-8, so JSON, SQL and
+    protobuf can carry it. One C call for ASCII text, the usual case."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalize_attributes(attrs: Mapping[str, Any]) -> Attributes:
     """Copy OpenTelemetry attributes into our form: sequences become tuples.
 

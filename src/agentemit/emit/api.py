@@ -18,7 +18,6 @@ from agentemit.emit.encoding import (
     bounded_repr,
     clean_text,
     flatten_attributes,
-    is_utf8,
     object_attributes,
     text_size,
     type_name,
@@ -26,6 +25,7 @@ from agentemit.emit.encoding import (
 from agentemit.emit.events import register_builtin_type
 from agentemit.emit.no_tracer import count_no_tracer
 from agentemit.emit.stacktrace import format_stacktrace
+from agentemit.span import is_utf8
 from agentemit.tracing.context import CURRENT, as_attributes
 
 _float = float

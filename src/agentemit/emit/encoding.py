@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from agentemit import semconv
-from agentemit.span import AttributeValue
+from agentemit.span import AttributeValue, is_utf8
 
 MAX_DEPTH = 32
 MAX_ITEMS = 10_000  # containers longer than this are cut (and marked)
@@ -40,17 +40,6 @@ class _Truncated:
 
     def __init__(self) -> None:
         self.hit = False
-
-
-def is_utf8(text: str) -> bool:
-    """True when ``text`` (an exact str) holds no lone surrogate, so it is valid UTF-8 and storable."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def clean_text(text: str) -> str:
