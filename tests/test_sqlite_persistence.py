@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +179,42 @@ def test_a_span_without_a_reward_stores_null_and_its_data_reads_back_as_bytes(tm
         conn.close()
     assert reward is None and kind == "blob" and type(data) is bytes
     assert json.loads(data)["span_id"] == _span(0).span_id
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_children_forked_while_another_thread_writes_can_use_the_store(tmp_path: Path) -> None:
+    """A fork while another thread was inside SQLite left the child holding SQLite's internal mutexes
+    with no thread to release them: its first call hung (1 child in 20). The store now holds its lock
+    across a fork, so no thread is inside SQLite when it happens."""
+    store = SqliteStore(tmp_path / "s.db")
+    stop = threading.Event()
+
+    def write() -> None:
+        batch = 0
+        while not stop.is_set():
+            store.add_many_spans([_span(batch * 50 + i) for i in range(50)])
+            batch += 1
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    hung = 0
+    try:
+        for _ in range(30):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    store.get_next_span_sequence_id("r", "a")
+                finally:
+                    os._exit(0)
+            deadline = time.monotonic() + 10.0
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if done[0] == 0:
+                hung += 1
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    finally:
+        stop.set()
+        writer.join(10)
+        store.close()
+    assert hung == 0, f"{hung} of 30 forked children hung"

@@ -186,6 +186,11 @@ class SqliteStore(SpanStore):
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r}, synchronous={self.synchronous!r})"
 
+    @property
+    def _fork_guard(self) -> threading.Lock:
+        """Held across a fork, so no thread is inside SQLite when it happens (see ``_rows``)."""
+        return self._lock
+
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         if self._conn is not None:
