@@ -462,8 +462,11 @@ def test_final_reward_is_none_when_the_latest_attempt_has_no_reward(store: Store
     assert summary.final_reward is None and summary.attempt_ids == ["a1", "a2"]
 
 
-def test_a_nan_reward_counts_as_no_reward_in_every_store(store: Store) -> None:
-    store.add_many_spans([reward_span(0, 0.5), reward_span(1, math.nan)])
+@pytest.mark.parametrize("odd", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_reward_counts_as_no_reward_in_every_store(store: Store, odd: float) -> None:
+    """NaN cannot be ranked and JSON has no infinity (the server sent it as null): every backend, and
+    every summary over HTTP, treats such a reward as none; the span itself is stored as it was."""
+    store.add_many_spans([reward_span(0, 0.5), reward_span(1, odd)])
     assert store.list_rollouts()[0].final_reward == 0.5
 
 

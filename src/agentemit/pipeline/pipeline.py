@@ -280,20 +280,25 @@ class Pipeline:
                 self._spill_wake.set()
 
     def _drop_oldest_for(self, record: RawRecord, lane: deque[RawRecord], high: bool) -> None:
-        """Drop the lane's oldest records until ``record`` fits in items and bytes; if the lane runs
-        dry first (the other lane holds the memory), ``record`` itself is the one dropped."""
-        lanes = self.lanes
-        while not lanes.has_room(high):
+        """Drop the lane's oldest record, and more while ``record`` still does not fit in items and
+        bytes (``Lanes.has_room``, inlined: every emit of an overflowing producer comes here); if the
+        lane runs dry first (the other lane holds the memory), ``record`` itself is dropped."""
+        lanes, drop = self.lanes, self.stats.hot_drop
+        other = self._low if high else self._high
+        capacity, budget = (lanes.high_capacity, lanes.high_budget) if high else (lanes.low_capacity, lanes.low_budget)
+        while True:
             try:
                 lanes.queued_bytes -= lane.popleft()[12]
             except IndexError:  # empty (or emptied by the worker meanwhile)
+                if not lanes.has_room(high):
+                    drop(DropReason.DROPPED_QUEUE_FULL)
+                    return
                 break
-            self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
-        if lanes.has_room(high):
-            lane.append(record)
-            lanes.queued_bytes += record[12]
-        else:
-            self.stats.hot_drop(DropReason.DROPPED_QUEUE_FULL)
+            drop(DropReason.DROPPED_QUEUE_FULL)
+            if len(lane) + len(other) < capacity and lanes.queued_bytes < budget:
+                break
+        lane.append(record)
+        lanes.queued_bytes += record[12]
 
     def _spill_has_room(self) -> bool:
         return len(self._spill) < self._spill_capacity and self._spill_bytes < self._spill_budget

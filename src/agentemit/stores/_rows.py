@@ -204,10 +204,11 @@ def _unencodable_field(span: Span) -> str:
 
 
 def _reward(span: Span) -> float | None:
-    # NaN cannot be ranked and SQLite stores a NaN REAL as NULL, so a NaN reward counts as none in
-    # every backend alike; the span itself is still stored losslessly in ``data``.
+    # NaN cannot be ranked (SQLite stores a NaN REAL as NULL) and JSON has no infinity (a summary sent
+    # over HTTP would read back null), so a non-finite reward counts as none in every backend alike;
+    # emit_reward refuses both. The span itself is still stored losslessly in ``data``.
     value = get_reward_value(span)
-    return None if value is None or math.isnan(value) else value
+    return None if value is None or not math.isfinite(value) else value
 
 
 def _valid_and_plain(span: Span, resource_known_plain: bool) -> bool:
