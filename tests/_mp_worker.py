@@ -10,6 +10,7 @@ Kept free of pytest so it runs as a plain ``sys.executable`` child, like a real 
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import sys
@@ -132,6 +133,8 @@ def _drain(tracer: OtelTracer, timeout: float) -> dict[str, Any]:
         report = tracer.force_flush(max(0.1, deadline - time.monotonic()), drain_spool=True)
         assert report is not None, "worker: the tracer has no pipeline"
         if (report.completed and report.in_spool == 0) or time.monotonic() >= deadline:
+            if not report.completed:  # where every thread is stuck, for the test's failure message
+                faulthandler.dump_traceback(sys.stderr, all_threads=True)
             return {
                 "completed": report.completed,
                 "pending": report.pending,

@@ -141,7 +141,9 @@ class Workers:
                 pytest.fail(f"worker {i} did not finish within {WORKER_TIMEOUT}s:\n{self.log(i)}")
             if proc.returncode != 0:
                 pytest.fail(f"worker {i} exited with {proc.returncode}:\n{self.log(i)}")
-            summaries.append(json.loads(out.decode().strip().splitlines()[-1]))
+            summary = json.loads(out.decode().strip().splitlines()[-1])
+            summary["log"] = self.log(i)  # its warnings (and thread stacks if its drain timed out)
+            summaries.append(summary)
         return summaries
 
     def log(self, i: int) -> str:
@@ -224,7 +226,9 @@ def assert_workers_clean(summaries: list[dict[str, Any]]) -> None:
         assert s["logged_errors"] == [], f"{who}: agentemit logged errors: {s['logged_errors'][:3]}"
         assert len(s["spans_emitted"]) == ROLLOUTS, f"{who}: ran {len(s['spans_emitted'])} of {ROLLOUTS} rollouts"
         flush = s["flush"]
-        assert flush["completed"] and flush["pending"] == 0 and flush["in_spool"] == 0, f"{who}: flush {flush}"
+        assert flush["completed"] and flush["pending"] == 0 and flush["in_spool"] == 0, (
+            f"{who}: flush {flush}; its log:\n{s.get('log', '')}"
+        )
         assert flush["dropped"] == {}, f"{who}: dropped {flush['dropped']}"
         total = sum(s["spans_emitted"].values())
         assert s["stats"]["emitted"] == s["stats"]["exported"] == total, f"{who}: {total} spans expected, {s['stats']}"
