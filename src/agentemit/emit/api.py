@@ -230,10 +230,10 @@ def emit_reward(
     ctx = CURRENT.get()
     if ctx is None:
         return count_no_tracer("reward")
+    size = 0
     if attributes:
         attrs, size = _merge_attributes("emit_reward", attrs, attributes)
-        return ctx.emit("reward", semconv.SPAN_REWARD, attrs, size)
-    ctx.emit("reward", semconv.SPAN_REWARD, attrs)
+    ctx.emit("reward", semconv.SPAN_REWARD, attrs, size)
 
 
 def _exception_pairs(exception: BaseException, escaped: bool) -> tuple[Any, ...]:

@@ -112,8 +112,8 @@ def to_jsonable(value: Any, marker: _Truncated, depth: int = 0, seen: frozenset[
             if i >= MAX_ITEMS:
                 marker.hit = True
                 break
-            key = clean_text(k) if isinstance(k, str) else str(k)  # orjson takes exact str keys only
-            out[key if is_utf8(key) else clean_text(key)] = to_jsonable(v, marker, depth + 1, inner)
+            key = clean_text(k if isinstance(k, str) else str(k))  # orjson takes exact, valid str keys only
+            out[key] = to_jsonable(v, marker, depth + 1, inner)
         return out
     if isinstance(value, (list, tuple, set, frozenset)):
         items = list(value)
